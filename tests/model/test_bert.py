@@ -1,0 +1,151 @@
+"""The core: config validation, SDPA == eager reference, gathered MLM == full MLM, heads, padding."""
+
+import pytest
+import torch
+
+from seqbert.model import (
+    IGNORE_INDEX,
+    Bert,
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
+
+# tiny odd sizes, as in HF's tests: vocab 99, length 7, batch 13
+TINY = BertConfig(vocab_size=99, hidden_size=30, num_layers=2, num_heads=5, intermediate_size=37, max_len=16)
+
+
+def batch(B=13, L=7, seed=0, pad_left=False):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 99, (B, L), generator=g)
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    pos = torch.arange(L)
+    mask = (pos[None, :] >= L - lengths[:, None]) if pad_left else (pos[None, :] < lengths[:, None])
+    ids = ids.masked_fill(~mask, 0)
+    types = torch.randint(0, 2, (B, L), generator=g) * mask
+    return {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": types}
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("num_heads", 7, "divisible"),
+        ("hidden_size", 0, "hidden_size"),
+        ("num_layers", -1, "num_layers"),
+        ("dropout", 1.5, "dropout"),
+        ("pad_id", 99, "pad_id"),
+        ("vocab_size", 2.5, "vocab_size"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value, match):
+    kwargs = dict(vocab_size=99, hidden_size=30, num_heads=5)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=match):
+        BertConfig(**kwargs)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        TINY.hidden_size = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_equals_eager_reference(pre_ln, causal):
+    config = BertConfig(**{**TINY.__dict__, "pre_ln": pre_ln, "causal": causal})
+    model = Bert(config).eval()
+    b = batch(pad_left=causal)
+    with torch.no_grad():
+        fast = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        model.set_attention(sdpa=False)
+        slow = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    assert fast.shape == (13, 7, 30)
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_equals_eager_gradients():
+    model = Bert(TINY).eval()
+    b = batch()
+    model(b["input_ids"], b["attention_mask"]).pow(2).sum().backward()
+    fast = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_attention(sdpa=False)
+    model(b["input_ids"], b["attention_mask"]).pow(2).sum().backward()
+    for f, p in zip(fast, model.parameters()):
+        torch.testing.assert_close(f, p.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_padding_does_not_change_real_positions():
+    model = Bert(TINY).eval()
+    ids = torch.randint(2, 99, (1, 5))
+    padded = torch.cat([ids, torch.zeros(1, 2, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        short = model(ids)
+        long = model(padded, mask)
+    torch.testing.assert_close(short, long[:, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_attention_does_not_see_the_future():
+    model = Bert(BertConfig(**{**TINY.__dict__, "causal": True})).eval()
+    ids = torch.randint(2, 99, (2, 7))
+    changed = ids.clone()
+    changed[:, 4:] = torch.randint(2, 99, (2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[:, :4], model(changed)[:, :4])
+
+
+def test_empty_sequence_and_overlong_input_are_rejected():
+    model = Bert(TINY)
+    with pytest.raises(ValueError, match="all padding"):
+        model(torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_segments_are_optional():
+    config = BertConfig(**{**TINY.__dict__, "type_vocab_size": 0})
+    model = Bert(config)
+    assert model.embeddings.segment is None
+    assert model(batch()["input_ids"]).shape == (13, 7, 30)
+
+
+def test_gathered_mlm_equals_full_logits_and_loss():
+    model = BertForPreTraining(TINY).eval()
+    b = batch()
+    labels = torch.full_like(b["input_ids"], IGNORE_INDEX)
+    chosen = (torch.rand(b["input_ids"].shape, generator=torch.Generator().manual_seed(1)) < 0.3) & (
+        b["attention_mask"] == 1
+    )
+    labels[chosen] = b["input_ids"][chosen]
+    b = {**b, "labels": labels, "next_sentence_label": torch.randint(0, 2, (13,))}
+    with torch.no_grad():
+        fast = model(b)
+        slow = model(b, all_positions=True)
+    M = int(chosen.sum())
+    assert fast.mlm_logits.shape == (M, 99)
+    assert slow.mlm_logits.shape == (13 * 7, 99)
+    torch.testing.assert_close(fast.mlm_logits, slow.mlm_logits[chosen.reshape(-1)], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.mlm_loss, slow.mlm_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fast.loss, fast.mlm_loss + fast.nsp_loss)
+
+
+def test_decoder_is_tied_to_word_embeddings():
+    model = BertForPreTraining(TINY)
+    assert model.mlm.decoder.weight is model.bert.embeddings.word.weight
+    assert model.mlm.decoder.weight.data_ptr() == model.bert.embeddings.word.weight.data_ptr()
+
+
+def test_classifier_heads_shapes_and_losses():
+    b = batch()
+    seq = BertForSequenceClassification(TINY, num_labels=3)
+    out = seq({**b, "labels": torch.randint(0, 3, (13,))})
+    assert out.logits.shape == (13, 3) and out.loss.ndim == 0
+    tok = BertForTokenClassification(TINY, num_labels=4)
+    labels = torch.randint(0, 4, (13, 7)).masked_fill(b["attention_mask"] == 0, IGNORE_INDEX)
+    out = tok({**b, "labels": labels})
+    assert out.logits.shape == (13, 7, 4) and torch.isfinite(out.loss)
+    reg = BertForSequenceClassification(TINY, num_labels=1)
+    assert reg({**b, "labels": torch.rand(13)}).logits.shape == (13, 1)
