@@ -1,1 +1,30 @@
-"""seqbert.training"""
+"""seqbert.training: the task-agnostic engine (loss -> optimizer step -> checkpoints).
+
+`train(model, source, TrainConfig(...), run_dir, evaluate)` in loop.py; AdamW + LR schedule in optim.py;
+device and precision in precision.py; safetensors checkpoints and final models in checkpoint.py; the
+`BatchSource` protocol and `TensorBatchSource` in data.py.
+"""
+
+from seqbert.training.checkpoint import CheckpointError, load_model_state, save_model
+from seqbert.training.data import BatchSource, TensorBatchSource, seeded_generator
+from seqbert.training.loop import NonFiniteLossError, TrainConfig, TrainResult, train
+from seqbert.training.optim import configure_optimizer, lr_at
+from seqbert.training.precision import autocast, resolve_device, resolve_precision
+
+__all__ = [
+    "BatchSource",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "TensorBatchSource",
+    "TrainConfig",
+    "TrainResult",
+    "autocast",
+    "configure_optimizer",
+    "load_model_state",
+    "lr_at",
+    "resolve_device",
+    "resolve_precision",
+    "save_model",
+    "seeded_generator",
+    "train",
+]

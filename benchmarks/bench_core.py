@@ -1,0 +1,218 @@
+"""seqbert vs Hugging Face `BertForMaskedLM`: training and inference throughput and peak memory.
+
+Same machine, same run, same weights (HF initialises, seqbert imports the saved checkpoint), same batches.
+Each (shape, implementation) is measured in its own child process so that peak RSS is its own; the
+implementations alternate round by round and the median round is reported, so load drift hits all alike.
+
+Implementations:
+  seqbert   - seqbert BertForPreTraining(nsp=False): MLM logits only at masked positions
+  hf        - transformers.BertForMaskedLM(**batch, labels=labels): its default, logits at every position
+  hf_best   - the same HF model, logits only at masked positions (hf.bert -> gather -> hf.cls), its best setting
+
+    python benchmarks/bench_core.py [--seconds 12] [--rounds 3] [--out benchmarks/results/core.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    # BERT4Rec on MovieLens-1M (Sun et al. 2019): item vocab 3,416 + specials, 20 % of items masked;
+    # histories are left-padded to 200 with lengths like ML-1M's (many users have fewer than 200 ratings)
+    "bert4rec_ml1m": dict(vocab=3420, hidden=64, layers=2, heads=2, ffn=256, length=200, batch=128, mask=0.2, pad=True),
+    # a small text BERT: WordPiece vocab, packed full-length sequences
+    "text_small": dict(vocab=30522, hidden=256, layers=4, heads=4, ffn=1024, length=128, batch=32, mask=0.15, pad=False),
+}
+IMPLS = ("seqbert", "hf", "hf_best")
+
+
+def make_batches(shape: dict, n: int, seed: int = 0) -> list[dict]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    B, L, V = shape["batch"], shape["length"], shape["vocab"]
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, V, (B, L), generator=g)
+        if shape["pad"]:
+            # ML-1M history lengths: min 20, median ~96, capped at 200 -> left padding
+            lengths = torch.clamp((torch.rand(B, generator=g) ** 2 * 400).long() + 20, max=L)
+        else:
+            lengths = torch.full((B,), L)
+        real = torch.arange(L)[None, :] >= (L - lengths)[:, None]  # (B, L)
+        chosen = (torch.rand(B, L, generator=g) < shape["mask"]) & real
+        chosen[torch.arange(B), L - 1] = True  # at least one masked position per sequence
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        inputs = torch.where(chosen, torch.full_like(ids, 4), ids).masked_fill(~real, 0)
+        out.append({"input_ids": inputs, "attention_mask": real.long(), "labels": labels})
+    return out
+
+
+def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str) -> dict:
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    from seqbert.model import BertForPreTraining, load_hf_model
+    from seqbert.model.hf import config_from_hf
+
+    torch.manual_seed(0)
+    shape = SHAPES[shape_name]
+    batches = make_batches(shape, 4)
+    if impl == "seqbert":
+        config = config_from_hf(json.loads((Path(ckpt) / "config.json").read_text()))
+        model, _ = load_hf_model(ckpt, BertForPreTraining(config, nsp=False))
+
+        def loss_fn(b):
+            return model(b).loss
+
+        def infer(b):
+            return model(b).mlm_logits
+    else:
+        model = transformers.BertForMaskedLM.from_pretrained(ckpt)
+
+        def loss_fn(b):
+            if impl == "hf":
+                return model(**b).loss
+            hidden = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
+            where = b["labels"] != -100
+            return F.cross_entropy(model.cls(hidden[where]), b["labels"][where])
+
+        def infer(b):
+            if impl == "hf":
+                return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            hidden = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
+            return model.cls(hidden[b["labels"] != -100])
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+
+    def train_step(b):
+        loss = loss_fn(b)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if mode == "train":
+        model.train()
+        step = train_step
+    else:
+        model.eval()
+
+        def step(b):
+            with torch.inference_mode():
+                infer(b)
+
+    for b in batches[:2]:  # warm-up
+        step(b)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step(batches[steps % len(batches)])
+        steps += 1
+    elapsed = time.perf_counter() - t0
+    tokens = shape["batch"] * shape["length"]
+    return {
+        "steps_per_s": steps / elapsed,
+        "tokens_per_s": steps * tokens / elapsed,
+        "sequences_per_s": steps * shape["batch"] / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps": steps,
+    }
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=12.0, help="timed seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--out", default="benchmarks/results/core.json")
+    ap.add_argument("--child", nargs=4, metavar=("IMPL", "SHAPE", "CKPT", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        impl, shape, ckpt, mode = args.child
+        print(json.dumps(child(impl, shape, ckpt, args.seconds, mode)))
+        return
+
+    import torch
+    import transformers
+
+    results: dict = {"machine": machine(), "command": "python " + " ".join(sys.argv)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape_name in args.shapes.split(","):
+            s = SHAPES[shape_name]
+            torch.manual_seed(0)
+            hf_config = transformers.BertConfig(
+                vocab_size=s["vocab"], hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+                num_attention_heads=s["heads"], intermediate_size=s["ffn"], max_position_embeddings=512,
+            )  # fmt: skip
+            ckpt = str(Path(tmp) / shape_name)
+            transformers.BertForMaskedLM(hf_config).save_pretrained(ckpt)
+            runs: dict = {(i, m): [] for i in IMPLS for m in ("train", "infer")}
+            for r in range(args.rounds):
+                for mode in ("train", "infer"):
+                    for impl in IMPLS:
+                        cmd = [sys.executable, __file__, "--seconds", str(args.seconds), "--child", impl, shape_name, ckpt, mode]
+                        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                        res = json.loads(out.stdout.strip().splitlines()[-1])
+                        runs[(impl, mode)].append(res)
+                        print(f"[{shape_name} round {r + 1}] {mode:5s} {impl:8s} {res['tokens_per_s']:10.0f} tok/s  "
+                              f"{res['steps_per_s']:.3f} steps/s  peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+
+            def med(impl, mode, key):
+                return statistics.median(x[key] for x in runs[(impl, mode)])
+
+            entry = {"shape": s}
+            for impl in IMPLS:
+                entry[impl] = {
+                    "train_steps_per_s": med(impl, "train", "steps_per_s"),
+                    "train_tokens_per_s": med(impl, "train", "tokens_per_s"),
+                    "train_peak_rss_mb": med(impl, "train", "peak_rss_mb"),
+                    "infer_sequences_per_s": med(impl, "infer", "sequences_per_s"),
+                }
+            ours, hf, best = entry["seqbert"], entry["hf"], entry["hf_best"]
+            entry["train_speedup_vs_hf"] = ours["train_tokens_per_s"] / hf["train_tokens_per_s"]
+            entry["train_speedup_vs_hf_best"] = ours["train_tokens_per_s"] / best["train_tokens_per_s"]
+            entry["infer_speedup_vs_hf"] = ours["infer_sequences_per_s"] / hf["infer_sequences_per_s"]
+            entry["infer_speedup_vs_hf_best"] = ours["infer_sequences_per_s"] / best["infer_sequences_per_s"]
+            entry["peak_rss_ratio_vs_hf"] = ours["train_peak_rss_mb"] / hf["train_peak_rss_mb"]
+            entry["peak_rss_ratio_vs_hf_best"] = ours["train_peak_rss_mb"] / best["train_peak_rss_mb"]
+            results[shape_name] = entry
+            print(
+                f"== {shape_name}: train x{entry['train_speedup_vs_hf']:.2f} vs HF default, "
+                f"x{entry['train_speedup_vs_hf_best']:.2f} vs HF best; inference x{entry['infer_speedup_vs_hf']:.2f} / "
+                f"x{entry['infer_speedup_vs_hf_best']:.2f}; peak RSS ratio {entry['peak_rss_ratio_vs_hf']:.2f} / "
+                f"{entry['peak_rss_ratio_vs_hf_best']:.2f}",
+                flush=True,
+            )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

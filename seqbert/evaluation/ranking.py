@@ -1,0 +1,177 @@
+"""Evaluate a scoring model on held-out targets, one user batch at a time.
+
+A model is anything with `score_fn(histories_batch: list[np.ndarray]) -> Tensor (B, V)`: scores over the
+whole vocabulary, item ids index the columns (RecBole's full-sort contract). Memory is O(batch x V): the
+(U, V) score matrix never exists. Shape legend: U users, B batch, V vocabulary (columns), N sampled
+negatives, C coverage cut-off.
+
+Protocols
+- "full": every item competes. The user's history is excluded (set to -inf) except the target itself, as
+  are `exclude_ids` (pad, mask and other special ids). The target's rank is pessimistic for ties:
+  rank = 1 + #{valid j : s_j > t} + #{valid j != target : s_j == t}.
+- "sampled": only [target] + candidates[u] compete (candidates come from `protocols.sample_negatives`,
+  which already excludes the history and the target); same pessimistic rank over the N + 1 scores.
+Metrics: HR@k and NDCG@k for every k in `ks`, MRR (full, untruncated) and coverage@C (distinct items in all
+users' top-C / catalogue size, catalogue = V minus the excluded special ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seqbert.evaluation.metrics import coverage, mean_metrics, pessimistic_rank, single_target_metrics
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, float]  # means over users, plus "coverage@C"
+    per_user: dict[str, np.ndarray]  # (U,) float64 per metric, for bootstrap CIs and paired tests
+    ranks: np.ndarray  # (U,) int64 1-based pessimistic rank of each target
+    topk: np.ndarray  # (U, C) int64 top-C item ids after exclusions, -1 where fewer than C items remain
+    protocol: str
+
+    @property
+    def num_users(self) -> int:
+        return len(self.ranks)
+
+
+def _check_inputs(
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    num_items: int,
+    protocol: str,
+    candidates: np.ndarray | None,
+    ks: Sequence[int],
+    batch_size: int,
+    exclude: np.ndarray,
+) -> None:
+    if protocol not in ("full", "sampled"):
+        raise ValueError(f"protocol must be 'full' or 'sampled', got {protocol!r}")
+    if len(histories) != len(targets):
+        raise ValueError(f"histories has {len(histories)} users but targets has {len(targets)}")
+    if targets.ndim != 1:
+        raise ValueError(f"targets must be 1-D (U,), got shape {targets.shape}")
+    if len(targets) and (targets.min() < 0 or targets.max() >= num_items):
+        raise ValueError(
+            f"targets must lie in [0, num_items={num_items}); got [{targets.min()}, {targets.max()}]"
+        )
+    bad = np.flatnonzero(np.isin(targets, exclude))
+    if bad.size:
+        raise ValueError(f"targets[{bad[0]}] = {targets[bad[0]]} is one of exclude_ids {exclude.tolist()}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive cut-offs, got {tuple(ks)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if protocol == "sampled":
+        if candidates is None:
+            raise ValueError("protocol='sampled' needs candidates (U, N), e.g. from sample_negatives()")
+        if candidates.ndim != 2 or len(candidates) != len(targets):
+            raise ValueError(f"candidates must be (U={len(targets)}, N), got shape {candidates.shape}")
+        if candidates.size and (candidates.min() < 0 or candidates.max() >= num_items):
+            raise ValueError(f"candidates must lie in [0, num_items={num_items})")
+        clash = np.flatnonzero((candidates == targets[:, None]).any(axis=1))
+        if clash.size:
+            raise ValueError(f"candidates[{clash[0]}] contains that user's target {targets[clash[0]]}")
+
+
+def _score_batch(score_fn: Callable, hist: list[np.ndarray], num_items: int, start: int) -> torch.Tensor:
+    scores = score_fn(hist)
+    if not isinstance(scores, torch.Tensor):
+        scores = torch.as_tensor(np.asarray(scores))
+    if scores.shape != (len(hist), num_items):
+        raise ValueError(
+            f"score_fn returned shape {tuple(scores.shape)} for users {start}..{start + len(hist) - 1}; "
+            f"expected (B={len(hist)}, num_items={num_items})"
+        )
+    scores = scores.detach() if scores.is_floating_point() else scores.detach().double()
+    # one reduction instead of a full isnan pass; a non-finite sum can also be +inf + -inf, so confirm
+    if not torch.isfinite(scores.sum()) and torch.isnan(scores).any():
+        raise ValueError(f"score_fn returned NaN scores for users {start}..{start + len(hist) - 1}")
+    return scores
+
+
+def _excluded_mask(
+    hist: list[np.ndarray], tgt: torch.Tensor, exclude: torch.Tensor, num_items: int, seen: bool
+):
+    """(B, V) bool: special ids and (optionally) the history, but never the target."""
+    b = len(hist)
+    excluded = torch.zeros(b, num_items, dtype=torch.bool, device=tgt.device)  # (B, V)
+    excluded[:, exclude] = True
+    if seen:
+        lengths = np.fromiter((len(h) for h in hist), dtype=np.int64, count=b)
+        cols = np.concatenate(hist).astype(np.int64) if lengths.sum() else np.zeros(0, dtype=np.int64)
+        if cols.size and (cols.min() < 0 or cols.max() >= num_items):
+            raise ValueError(
+                f"a history holds an id outside [0, num_items={num_items}): [{cols.min()}, {cols.max()}]"
+            )
+        rows = np.repeat(np.arange(b), lengths)
+        excluded[torch.from_numpy(rows).to(tgt.device), torch.from_numpy(cols).to(tgt.device)] = True
+    excluded[torch.arange(b, device=tgt.device), tgt] = False
+    return excluded
+
+
+@torch.no_grad()
+def evaluate_ranking(
+    score_fn: Callable[[list[np.ndarray]], torch.Tensor],
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    num_items: int,
+    protocol: str = "full",
+    candidates: np.ndarray | None = None,
+    exclude_seen: bool = True,
+    ks: Sequence[int] = (1, 5, 10, 20),
+    batch_size: int = 1024,
+    exclude_ids: Sequence[int] = (),
+    coverage_k: int = 10,
+) -> EvalResult:
+    """Rank each user's held-out target under `protocol` and return metrics (see the module docstring).
+
+    histories: U int arrays of item ids (the model input and, with exclude_seen, the items to exclude);
+    targets (U,): one held-out item per user; num_items: V, the number of score columns.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    exclude = np.unique(np.asarray(exclude_ids, dtype=np.int64))
+    if exclude.size and (exclude.min() < 0 or exclude.max() >= num_items):
+        raise ValueError(f"exclude_ids must lie in [0, num_items={num_items}), got {exclude.tolist()}")
+    cands = None if candidates is None else np.asarray(candidates, dtype=np.int64)
+    _check_inputs(histories, targets, num_items, protocol, cands, ks, batch_size, exclude)
+    num_users = len(targets)
+    ranks = np.empty(num_users, dtype=np.int64)
+    topk = np.full((num_users, coverage_k), -1, dtype=np.int64)
+    for start in range(0, num_users, batch_size):
+        stop = min(start + batch_size, num_users)
+        hist = [np.asarray(h) for h in histories[start:stop]]
+        scores = _score_batch(score_fn, hist, num_items, start)  # (B, V)
+        dev = scores.device
+        tgt = torch.from_numpy(targets[start:stop]).to(dev)  # (B,)
+        if protocol == "full":
+            excluded = _excluded_mask(hist, tgt, torch.from_numpy(exclude).to(dev), num_items, exclude_seen)
+            t = scores.gather(1, tgt[:, None])  # (B, 1)
+            scores = scores.masked_fill(excluded, float("-inf"))  # out of place: the caller's tensor stays
+            # one pass: #{s_j >= t} counts the target itself once and every tie against it (pessimistic);
+            # excluded ids sit at -inf < t, so they count only when t == -inf: then every valid id ties
+            rank = (scores >= t).sum(dim=1)  # (B,)
+            worst = torch.isneginf(t[:, 0])
+            if worst.any():
+                rank[worst] = (~excluded[worst]).sum(dim=1)
+            c = min(coverage_k, num_items)
+            top = scores.topk(c, dim=1).indices  # (B, C)
+            top = torch.where(excluded.gather(1, top), -1, top)
+        else:
+            idx = torch.cat([tgt[:, None], torch.from_numpy(cands[start:stop]).to(dev)], dim=1)  # (B, 1 + N)
+            picked = scores.gather(1, idx)  # (B, 1 + N)
+            rank = pessimistic_rank(picked[:, 1:], picked[:, 0])  # (B,)
+            c = min(coverage_k, idx.shape[1])
+            top = idx.gather(1, picked.topk(c, dim=1).indices)  # (B, C)
+        ranks[start:stop] = rank.cpu().numpy()
+        topk[start:stop, :c] = top.cpu().numpy()
+    per_user = single_target_metrics(ranks, ks)
+    metrics = mean_metrics(per_user)
+    metrics[f"coverage@{coverage_k}"] = (
+        coverage(topk, num_items - exclude.size) if num_users else float("nan")
+    )
+    return EvalResult(metrics=metrics, per_user=per_user, ranks=ranks, topk=topk, protocol=protocol)

@@ -1,0 +1,299 @@
+"""BERT4Rec (cloze) and SASRec+ (causal next-item) recommenders on the BERT core, plus MostPop.
+
+One model class serves both objectives (Sun et al. 2019; Klenitskiy & Vasilev 2023, "Turning dross into
+gold loss: is BERT4Rec really better than SASRec?"):
+  cloze      bidirectional attention; random items replaced by [MASK] and predicted; at inference a [MASK]
+             is appended after the history and its hidden state scores the catalogue.
+  next_item  causal attention; every position predicts the next item (cross-entropy over the catalogue,
+             "SASRec+"); at inference the last history position scores the catalogue.
+Sequences are left-padded so the query position is always the last column (L - 1).
+Losses over the catalogue: full softmax cross-entropy (default), sampled softmax, or gBCE (Petrov &
+Macdonald 2023, "gSASRec"), all computed only at the labelled positions.
+Shape legend: B batch, L length, H hidden, V vocabulary (specials + items), M labelled positions,
+K negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqbert.data.masking import mask_tokens
+from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID, ItemVocab
+from seqbert.model.bert import Bert, BertConfig, init_weights
+from seqbert.model.heads import IGNORE_INDEX, MLMHead
+
+OBJECTIVES = ("cloze", "next_item")
+LOSSES = ("ce", "sampled_softmax", "gbce")
+
+
+@dataclass(frozen=True)
+class RecConfig:
+    """The recommendation task around the core; sizes of the core are in `BertConfig`."""
+
+    objective: str = "cloze"
+    max_len: int = 200  # items the model reads; cloze uses max_len - 1 history items + the [MASK]
+    mask_prob: float = 0.2  # cloze: probability to mask each item (0.2 ML-1M, 0.6 Beauty; Sun et al. 2019)
+    replace_probs: tuple[float, float, float] = (1.0, 0.0, 0.0)  # [MASK]-only as in the paper; BERT: 0.8/0.1/0.1
+    last_item_prob: float = 0.1  # cloze: share of windows with only the last item masked (Sun et al. §3.6)
+    window_stride: int = 0  # stride between training windows of long histories; 0 = max_len (no overlap)
+    loss: str = "ce"
+    num_negatives: int = 256  # sampled_softmax / gbce
+    gbce_t: float = 0.75  # gBCE calibration t (Petrov & Macdonald 2023)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"RecConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"RecConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        if not isinstance(self.max_len, int) or self.max_len < 2:
+            raise ValueError(f"RecConfig.max_len must be an integer >= 2, got {self.max_len!r}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"RecConfig.mask_prob must be in (0, 1), got {self.mask_prob!r}")
+        if not 0.0 <= self.last_item_prob <= 1.0:
+            raise ValueError(f"RecConfig.last_item_prob must be in [0, 1], got {self.last_item_prob!r}")
+        if self.window_stride < 0:
+            raise ValueError(f"RecConfig.window_stride must be >= 0, got {self.window_stride!r}")
+        if self.num_negatives < 1:
+            raise ValueError(f"RecConfig.num_negatives must be >= 1, got {self.num_negatives!r}")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ValueError(f"RecConfig.gbce_t must be in [0, 1], got {self.gbce_t!r}")
+        if len(self.replace_probs) != 3 or abs(sum(self.replace_probs) - 1.0) > 1e-6:
+            raise ValueError(f"RecConfig.replace_probs must be 3 numbers summing to 1, got {self.replace_probs!r}")
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def training_windows(sequences: Sequence[np.ndarray], config: RecConfig) -> torch.Tensor:
+    """Cut every training sequence into left-padded windows (N, W) so no interaction is discarded.
+
+    cloze: W = max_len items per window. next_item: W = max_len + 1 (inputs x[:-1], targets x[1:]).
+    Windows end at the last item and step back by `window_stride` (default: the window length) until the
+    start of the history is covered.
+    """
+    width = config.max_len + (1 if config.objective == "next_item" else 0)
+    stride = config.window_stride or width
+    min_items = 2 if config.objective == "next_item" else 1
+    rows = []
+    for s in sequences:
+        n = len(s)
+        if n < min_items:
+            continue
+        end = n
+        while True:
+            start = max(0, end - width)
+            window = s[start:end]
+            if len(window) >= min_items:
+                rows.append(np.pad(window, (width - len(window), 0), constant_values=PAD_ID))
+            if start == 0:
+                break
+            # the next window must overlap by one item for next_item, so the pair across the cut is kept
+            end = end - stride + (1 if config.objective == "next_item" and stride >= width else 0)
+    if not rows:
+        raise ValueError("no training sequence has enough items to form a window")
+    return torch.from_numpy(np.stack(rows).astype(np.int64))  # (N, W)
+
+
+def make_collate(config: RecConfig, vocab_size: int):
+    """collate(raw {"items": (B, W)}, generator) -> model batch; all randomness from `generator`."""
+
+    def collate(raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        items = raw["items"]  # (B, W)
+        if config.objective == "next_item":
+            inputs, targets = items[:, :-1], items[:, 1:]  # (B, L), (B, L)
+            labels = targets.masked_fill((inputs == PAD_ID) | (targets == PAD_ID), IGNORE_INDEX)
+            batch = {"input_ids": inputs, "attention_mask": (inputs != PAD_ID).long(), "labels": labels}
+        else:
+            pad = items == PAD_ID  # (B, L)
+            inputs, labels = mask_tokens(
+                items, pad, generator, config.mask_prob, vocab_size, MASK_ID,
+                replace_probs=config.replace_probs, min_masked=1, keep_one_unmasked=True,
+                random_low=FIRST_ITEM_ID,
+            )  # fmt: skip
+            # "mask the last item" windows mimic inference, where only the appended position is predicted
+            last_only = torch.rand(items.shape[0], generator=generator) < config.last_item_prob  # (B,)
+            if last_only.any():
+                last = torch.zeros_like(pad)
+                last[:, -1] = True
+                inputs = torch.where(last_only[:, None], torch.where(last, MASK_ID, items), inputs)
+                labels = torch.where(last_only[:, None], torch.where(last, items, IGNORE_INDEX), labels)
+            batch = {"input_ids": inputs, "attention_mask": (~pad).long(), "labels": labels}
+        if config.loss != "ce":
+            # one shared set of uniform negatives per batch (Petrov & Macdonald 2023 sample per position;
+            # sharing keeps the (M, K) logits one matmul and is unbiased for uniform sampling)
+            batch["negatives"] = torch.randint(FIRST_ITEM_ID, vocab_size, (config.num_negatives,), generator=generator)
+        return batch
+
+    return collate
+
+
+def make_inputs(histories: Sequence[np.ndarray], config: RecConfig) -> dict[str, torch.Tensor]:
+    """Histories -> left-padded model inputs (B, max_len) whose last column is the query position.
+
+    cloze: the last max_len - 1 items, then [MASK] (appended after the history as in training, §3.6).
+    next_item: the last max_len items.
+    """
+    keep = config.max_len - 1 if config.objective == "cloze" else config.max_len
+    ids = np.full((len(histories), config.max_len), PAD_ID, dtype=np.int64)
+    for row, h in enumerate(histories):
+        h = np.asarray(h[-keep:], dtype=np.int64)
+        if config.objective == "cloze":
+            h = np.append(h, MASK_ID)
+        if len(h) == 0:
+            raise ValueError(f"history {row} is empty: a next_item model needs at least one item")
+        ids[row, config.max_len - len(h) :] = h
+    input_ids = torch.from_numpy(ids)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != PAD_ID).long()}
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class RecOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor  # (M, V) for ce; (M, 1 + K) for sampled losses
+
+
+class SeqRecommender(nn.Module):
+    """BERT core over item ids + an item head (transform + LayerNorm + decoder tied to item embeddings)."""
+
+    def __init__(self, bert_config: BertConfig, config: RecConfig) -> None:
+        super().__init__()
+        if bert_config.type_vocab_size != 0:
+            raise ValueError("BertConfig.type_vocab_size must be 0 for item sequences (no segments)")
+        if bert_config.causal != (config.objective == "next_item"):
+            raise ValueError(
+                f"BertConfig.causal={bert_config.causal} contradicts RecConfig.objective={config.objective!r}"
+            )
+        if bert_config.max_len < config.max_len:
+            raise ValueError(f"BertConfig.max_len={bert_config.max_len} < RecConfig.max_len={config.max_len}")
+        self.config = bert_config
+        self.rec_config = config
+        self.bert = Bert(bert_config)
+        self.head = MLMHead(bert_config)
+        self.head.apply(lambda m: init_weights(m, bert_config.initializer_range))
+        nn.init.zeros_(self.head.decoder.bias)
+        self.head.decoder.weight = self.bert.embeddings.word.weight  # weight tying (Sun et al. 2019, §3.4)
+        # special ids are never recommended nor targets: their logits are pinned to -inf
+        special = torch.zeros(bert_config.vocab_size, dtype=torch.bool)
+        special[:FIRST_ITEM_ID] = True
+        self.register_buffer("special", special, persistent=False)
+
+    def transformed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """t(h): the head's transform (dense + GELU + LayerNorm); scores = t(h) @ E^T + b."""
+        return self.head.norm(F.gelu(self.head.transform(hidden)))
+
+    def catalogue_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        logits = self.head(rows)  # (M, V)
+        return logits.masked_fill(self.special, float("-inf"))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> RecOutput:
+        hidden = self.bert(batch["input_ids"], batch["attention_mask"])  # (B, L, H)
+        where = batch["labels"] != IGNORE_INDEX  # (B, L)
+        rows, targets = hidden[where], batch["labels"][where]  # (M, H), (M,)
+        cfg = self.rec_config
+        if cfg.loss == "ce":
+            logits = self.catalogue_logits(rows)  # (M, V)
+            return RecOutput(F.cross_entropy(logits, targets), logits)
+        negatives = batch["negatives"]  # (K,)
+        t = self.transformed(rows)  # (M, H)
+        weight, bias = self.head.decoder.weight, self.head.decoder.bias
+        pos = (t * weight[targets]).sum(-1, keepdim=True) + bias[targets, None]  # (M, 1)
+        neg = t @ weight[negatives].T + bias[negatives]  # (M, K)
+        neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))  # a negative that is the target
+        logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
+        if cfg.loss == "sampled_softmax":
+            return RecOutput(F.cross_entropy(logits, torch.zeros_like(targets)), logits)
+        # gBCE: beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = K / (|I| - 1) the negative sampling rate;
+        # loss = -log sigmoid(s+)^beta - sum log(1 - sigmoid(s-)) (Petrov & Macdonald 2023, eq. 6-7)
+        num_items = self.config.vocab_size - FIRST_ITEM_ID
+        alpha = negatives.numel() / (num_items - 1)
+        beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
+        loss = -(beta * F.logsigmoid(pos)).sum(-1) - F.logsigmoid(-neg).sum(-1)  # (M,); -inf negatives give 0
+        return RecOutput(loss.mean(), logits)
+
+    def score(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores over the whole vocabulary (B, V) at the query position (the last column)."""
+        hidden = self.bert(inputs["input_ids"], inputs["attention_mask"])  # (B, L, H)
+        return self.catalogue_logits(hidden[:, -1])  # (B, V)
+
+
+def score_histories(model: SeqRecommender, histories: Sequence[np.ndarray], device: torch.device | None = None) -> torch.Tensor:
+    """(B, V) catalogue scores for raw histories; the `score_fn` of `seqbert.evaluation.ranking`."""
+    device = device or next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in make_inputs(histories, model.rec_config).items()}
+    return model.score(inputs)
+
+
+@torch.no_grad()
+def recommend(
+    model: SeqRecommender,
+    vocab: ItemVocab,
+    history: Sequence[str],
+    k: int = 10,
+    exclude_seen: bool = True,
+    skip_unknown: bool = False,
+) -> list[tuple[str, float]]:
+    """Top-k (external item id, score) for any item history; no user id needed, so new users work.
+
+    Unknown items raise a KeyError naming them, unless `skip_unknown=True` drops them explicitly; they are
+    never mapped to another item.
+    """
+    known = [item for item in history if item in vocab]
+    unknown = [item for item in history if item not in vocab]
+    if unknown and not skip_unknown:
+        raise KeyError(f"unknown item ids {unknown[:10]} (not in the training vocabulary); pass skip_unknown=True to drop them")
+    ids = vocab.encode_many(known)
+    if model.rec_config.objective == "next_item" and len(ids) == 0:
+        raise ValueError("a next_item model needs at least one known item in the history")
+    was_training = model.training
+    model.eval()
+    scores = score_histories(model, [ids])[0]  # (V,)
+    model.train(was_training)
+    if exclude_seen and len(ids):
+        scores[torch.from_numpy(ids)] = float("-inf")
+    k = min(k, int(torch.isfinite(scores).sum()))
+    top = scores.topk(k)
+    return [(vocab.decode(int(i)), float(s)) for s, i in zip(top.values, top.indices)]
+
+
+class MostPop:
+    """Recommend the most interacted-with training items to everyone (the baseline every model must beat)."""
+
+    def __init__(self, train_sequences: Sequence[np.ndarray], vocab_size: int) -> None:
+        counts = np.bincount(np.concatenate([np.asarray(s) for s in train_sequences]), minlength=vocab_size)
+        counts[:FIRST_ITEM_ID] = 0
+        # tie-break by id so the ranking is deterministic; specials at -inf like the models
+        scores = counts.astype(np.float64) - np.arange(vocab_size) * 1e-9
+        scores[:FIRST_ITEM_ID] = -np.inf
+        self.scores = torch.from_numpy(scores).float()  # (V,)
+
+    def score_histories(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.scores.expand(len(histories), -1)  # (B, V)
+
+
+def load_recommender(model_dir: str | Path) -> tuple[SeqRecommender, ItemVocab]:
+    """Rebuild a saved recommender (model.safetensors + model.json + vocab.json, as the recipe writes)."""
+    from seqbert.training.checkpoint import load_model_state
+
+    model_dir = Path(model_dir)
+    if (model_dir / "model").is_dir():  # a recipe's run directory
+        model_dir = model_dir / "model"
+    state, meta = load_model_state(model_dir)
+    for key in ("bert", "task"):
+        if key not in meta:
+            raise ValueError(f"{model_dir / 'model.json'}: missing {key!r}; was this saved by recipes/bert4rec.py?")
+    task = dict(meta["task"])
+    task["replace_probs"] = tuple(task["replace_probs"])
+    model = SeqRecommender(BertConfig(**meta["bert"]), RecConfig(**task))
+    model.load_state_dict(state)
+    model.eval()
+    return model, ItemVocab.load(model_dir / "vocab.json")

@@ -1,0 +1,484 @@
+"""The training loop: one explicit loop from batches to optimizer steps, checkpoints and evaluations.
+
+`train(model, source, config, run_dir, evaluate)` trains any nn.Module whose `forward(batch)` returns an
+object with a scalar `.loss` (PreTrainingOutput, ClassifierOutput, ...). Per optimizer step: set the LR
+from the step (`lr_at`), run `grad_accum` micro-batches under autocast, clip, step; then log, maybe
+evaluate, maybe checkpoint. Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DDP and every rank
+reads its slice of each global batch, so the optimizer sees the same global batch whatever the world size.
+
+Resume is exact: a checkpoint holds the model, AdamW's moments, the step (the LR is a function of it), the
+data position (epoch, batch index; batches are pure functions of those) and every RNG state (dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from seqbert.training.checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    find_resumable,
+    list_checkpoints,
+    prune_checkpoints,
+    read_model_file,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from seqbert.training.data import Batch, BatchSource
+from seqbert.training.optim import SCHEDULES, configure_optimizer, lr_at
+from seqbert.training.precision import (
+    PRECISIONS,
+    autocast,
+    distributed_backend,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+)
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field is validated on construction. 0 turns an `*_every` schedule off.
+
+    `checkpoint_every=0` still writes a checkpoint when training stops and whenever the early-stopping
+    metric improves (that checkpoint is kept as the best). `max_seconds` bounds this call's wall-clock
+    time (a resumed call gets a fresh budget); `patience` counts evaluations without improvement.
+    """
+
+    max_steps: int
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "linear"  # one of SCHEDULES
+    min_lr_ratio: float = 0.0  # the LR decays to min_lr_ratio * lr
+    grad_accum: int = 1
+    clip_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
+    device: str = "auto"
+    precision: str = "auto"  # one of PRECISIONS
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 10
+    eval_every: int = 0  # also evaluated once when training stops, whenever `evaluate` is given
+    early_stopping_metric: str | None = None  # a key of evaluate()'s dict; defines the best checkpoint
+    early_stopping_mode: str = "max"  # "max" or "min"
+    patience: int = 0  # 0: never stop early
+    checkpoint_every: int = 0
+    keep_last: int = 2
+    max_seconds: float | None = None
+    resume: bool = True
+    restore_best: bool = False  # load the best checkpoint's weights into the model before returning
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "grad_accum", "log_every", "keep_last")
+        non_negative = ("warmup_steps", "eval_every", "patience", "checkpoint_every", "seed")
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            low = 1 if name in positive else 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"TrainConfig.adam_eps must be > 0, got {self.adam_eps!r}")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"TrainConfig.clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.early_stopping_mode not in ("max", "min"):
+            raise ValueError(
+                f"TrainConfig.early_stopping_mode must be 'max' or 'min', got {self.early_stopping_mode!r}"
+            )
+        if (self.patience > 0 or self.restore_best) and not self.early_stopping_metric:
+            raise ValueError(
+                "TrainConfig.early_stopping_metric must be set when patience > 0 or restore_best"
+            )
+        if self.patience > 0 and self.eval_every == 0:
+            raise ValueError(
+                "TrainConfig.eval_every must be > 0 when patience > 0 (patience counts evaluations)"
+            )
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"TrainConfig.max_seconds must be > 0 or None, got {self.max_seconds!r}")
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs; saved in each checkpoint's state.json."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch: int = 0  # the next global batch index within `epoch`
+    seconds: float = 0.0  # wall-clock seconds over all calls
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the best one
+    last_eval: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stop_reason: str  # "max_steps" | "early_stopping" | "time_budget"
+    best_metric: float | None
+    best_step: int | None
+    last_eval: dict[str, float]
+    seconds: float
+    checkpoint: Path | None  # the last checkpoint written or resumed from
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN/Inf loss or gradient norm; the last good checkpoint is left as it was."""
+
+
+def train(
+    model: nn.Module,
+    source: BatchSource,
+    config: TrainConfig,
+    run_dir: str | Path,
+    evaluate: Evaluate | None = None,
+) -> TrainResult:
+    """Train `model` in place; checkpoints and metrics.jsonl go to `run_dir`, resumed from when present.
+
+    `evaluate(model) -> {"name": value}` runs under torch.no_grad() with the model in eval mode, on rank 0.
+    """
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    rank, world_size, owns_group = _init_distributed(device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        return _train(model, source, config, Path(run_dir), evaluate, device, precision, rank, world_size)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    model: nn.Module,
+    source: BatchSource,
+    config: TrainConfig,
+    run_dir: Path,
+    evaluate: Evaluate | None,
+    device: torch.device,
+    precision: str,
+    rank: int,
+    world_size: int,
+) -> TrainResult:
+    model.to(device)
+    optimizer = configure_optimizer(model, config.lr, config.weight_decay, config.betas, config.adam_eps)
+    scaler = grad_scaler(device, precision)
+    state = TrainState()
+
+    # ---- resume from the newest good checkpoint, or start fresh
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not config.resume and list_checkpoints(run_dir):
+        raise ValueError(f"{run_dir} already holds checkpoints; set resume=True or use a new run directory")
+    checkpoint = find_resumable(run_dir, quarantine=rank == 0) if config.resume else None
+    _barrier(world_size)
+    if checkpoint is None:
+        _seed_everything(config.seed + rank)  # a different dropout stream per rank, as in nanoGPT
+    else:
+        _apply_checkpoint(checkpoint, model, optimizer, scaler, state, rank)
+        log.info("resumed from %s (step %d)", checkpoint.path, state.step)
+    last_checkpoint = checkpoint.path if checkpoint is not None else None
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:  # drop the lines an interrupted run wrote after its last checkpoint
+        _truncate_metrics(metrics_path, state.step)
+
+    train_model: nn.Module = torch.compile(model) if config.compile else model
+    ddp = None
+    if world_size > 1:
+        ddp = DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        train_model = ddp
+
+    # ---- the loop: one iteration per optimizer step
+    stream = _batch_stream(source, state.epoch, state.batch, rank, world_size)
+    bar = tqdm(
+        total=config.max_steps, initial=state.step, disable=not (config.progress and rank == 0), desc="train"
+    )
+    t_start, seconds_before = time.perf_counter(), state.seconds
+    t_log, items = t_start, 0
+    model.train()
+    while state.stop_reason is None and state.step < config.max_steps:
+        lr = lr_at(
+            state.step, config.lr, config.warmup_steps, config.max_steps, config.schedule, config.min_lr_ratio
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            state.epoch, index, batch = next(stream)
+            state.batch = index + 1
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            items += _count_items(batch)
+            # DDP all-reduces gradients on the last micro-batch only; the others accumulate locally
+            sync = ddp is None or micro == config.grad_accum - 1
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                with autocast(device, precision):
+                    loss = train_model(batch).loss
+                scaler.scale(loss / config.grad_accum).backward()  # mean over micro-batches
+            loss_sum += loss.detach().float()
+        if state.batch >= source.num_batches(state.epoch):
+            state.epoch, state.batch = state.epoch + 1, 0
+
+        # one all-reduce carries the mean loss and whether any rank ran out of time, so all ranks agree
+        out_of_time = config.max_seconds is not None and time.perf_counter() - t_start >= config.max_seconds
+        flags = torch.stack([loss_sum / config.grad_accum, torch.tensor(float(out_of_time), device=device)])
+        if world_size > 1:
+            dist.all_reduce(flags)
+            flags[0] /= world_size
+        loss_value, out_of_time = flags[0].item(), flags[1].item() > 0
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(_diverged("loss", loss_value, state, last_checkpoint))
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        max_norm = config.clip_norm if config.clip_norm is not None else math.inf
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
+        if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips such steps
+            raise NonFiniteLossError(_diverged("gradient norm", grad_norm, state, last_checkpoint))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+
+        # ---- log, evaluate, checkpoint
+        now = time.perf_counter()
+        state.seconds = seconds_before + now - t_start
+        stop = "max_steps" if state.step >= config.max_steps else "time_budget" if out_of_time else None
+        throughput = round(items * world_size / (now - t_log), 1)  # items/s over all ranks since the last log
+        record = dict(step=state.step, epoch=state.epoch, loss=loss_value, lr=lr, grad_norm=grad_norm)
+        record |= dict(seconds=round(state.seconds, 3), items_per_s=throughput)
+        improved = False
+        if evaluate is not None and (stop or (config.eval_every and state.step % config.eval_every == 0)):
+            record["eval"] = state.last_eval = _evaluate(evaluate, model, rank, world_size)
+            if config.early_stopping_metric:
+                value = _metric(state.last_eval, config.early_stopping_metric)
+                if _is_better(value, state.best_metric, config.early_stopping_mode):
+                    state.best_metric, state.best_step, state.bad_evals, improved = value, state.step, 0, True
+                else:
+                    state.bad_evals += 1
+                    if config.patience and state.bad_evals >= config.patience and stop is None:
+                        stop = "early_stopping"
+        if "eval" in record or stop or state.step % config.log_every == 0:
+            if rank == 0:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            t_log, items = now, 0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", items_s=throughput, refresh=False)
+        state.stop_reason = stop
+        if stop or improved or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
+            last_checkpoint = _save(run_dir, model, optimizer, scaler, state, config, rank, world_size)
+    bar.close()
+
+    if config.restore_best and state.best_step is not None:
+        model.load_state_dict(read_model_file(checkpoint_dir(run_dir, state.best_step) / "model.safetensors"))
+    return TrainResult(
+        step=state.step,
+        stop_reason=state.stop_reason or "max_steps",
+        best_metric=state.best_metric,
+        best_step=state.best_step,
+        last_eval=state.last_eval,
+        seconds=state.seconds,
+        checkpoint=last_checkpoint,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _batch_stream(
+    source: BatchSource, epoch: int, start: int, rank: int, world_size: int
+) -> Iterator[tuple[int, int, Batch]]:
+    """(epoch, batch index, this rank's batch) from (epoch, start) on, across epoch boundaries, forever."""
+    while True:
+        if source.num_batches(epoch) == 0:
+            raise ValueError(f"the batch source has no batches in epoch {epoch}")
+        for index, batch in enumerate(source.batches(epoch, start, rank, world_size), start):
+            yield epoch, index, batch
+        epoch, start = epoch + 1, 0
+
+
+def _count_items(batch: Batch) -> int:
+    tensor = batch["input_ids"] if "input_ids" in batch else next(iter(batch.values()))
+    return tensor.shape[0]
+
+
+def _diverged(what: str, value: float, state: TrainState, last_checkpoint: Path | None) -> str:
+    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint exists yet"
+    return (
+        f"{what} is {value} at step {state.step + 1} (epoch {state.epoch}, next batch {state.batch}); "
+        f"training stopped without saving, {kept}. Lower the learning rate or check the data."
+    )
+
+
+def _metric(metrics: dict[str, float], name: str) -> float:
+    if name not in metrics:
+        raise KeyError(
+            f"TrainConfig.early_stopping_metric {name!r} is not among evaluate()'s keys {sorted(metrics)}"
+        )
+    return metrics[name]
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def _evaluate(evaluate: Evaluate, model: nn.Module, rank: int, world_size: int) -> dict[str, float]:
+    """Run `evaluate` on rank 0 and share its metrics, so every rank takes the same early-stopping decision."""
+    metrics = None
+    if rank == 0:
+        model.eval()
+        with torch.no_grad():
+            metrics = {str(k): float(v) for k, v in evaluate(model).items()}
+        model.train()
+    if world_size > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+def _save(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: TrainState,
+    config: TrainConfig,
+    rank: int,
+    world_size: int,
+) -> Path:
+    """Rank 0 writes the checkpoint with every rank's RNG states, then prunes to the last N and the best."""
+    rngs = [rng_state()]
+    if world_size > 1:
+        rngs = [None] * world_size
+        dist.all_gather_object(rngs, rng_state())
+    if rank == 0:
+        extra = {
+            "train_state": dataclasses.asdict(state),
+            "config": dataclasses.asdict(config),
+            "rng": rngs,
+            "scaler": scaler.state_dict(),
+        }
+        save_checkpoint(run_dir, state.step, model, optimizer, extra)
+        prune_checkpoints(
+            run_dir, config.keep_last, {state.best_step} if state.best_step is not None else set()
+        )
+    _barrier(world_size)
+    return checkpoint_dir(run_dir, state.step)
+
+
+def _apply_checkpoint(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: TrainState,
+    rank: int,
+) -> None:
+    saved = checkpoint.state
+    try:
+        model.load_state_dict(checkpoint.model_state)
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {checkpoint.path} does not match this model or optimizer: {e}") from e
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    for key, value in saved["train_state"].items():
+        setattr(state, key, value)
+    if state.stop_reason != "early_stopping":
+        state.stop_reason = None  # a time budget or max_steps (now raised) stop is resumed past
+    rngs = saved["rng"]
+    if rank < len(rngs):
+        set_rng_state(rngs[rank])
+    else:
+        log.warning("checkpoint %s has no RNG state for rank %d; seeding it afresh", checkpoint.path, rank)
+        _seed_everything(saved["config"]["seed"] + rank)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics.jsonl lines with step <= `step`; a line cut short by a crash is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) from torchrun's environment."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group(distributed_backend(device))
+    return dist.get_rank(), dist.get_world_size(), owns_group
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()

@@ -1,0 +1,213 @@
+"""BERT4Rec / SASRec+: windows, cloze collator, losses, inference, no leakage, MostPop."""
+
+import numpy as np
+import pytest
+import torch
+
+from seqbert.data.interactions import leave_one_out
+from seqbert.data.synthetic import markov_sequences
+from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID, ItemVocab
+from seqbert.evaluation.ranking import evaluate_ranking
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import IGNORE_INDEX
+from seqbert.tasks.bert4rec import (
+    MostPop,
+    RecConfig,
+    SeqRecommender,
+    load_recommender,
+    make_collate,
+    make_inputs,
+    recommend,
+    score_histories,
+    training_windows,
+)
+from seqbert.training.checkpoint import save_model
+
+V = 2 + 23  # specials + 23 items (odd on purpose)
+
+
+def small_model(objective="cloze", loss="ce", max_len=9):
+    rec = RecConfig(objective=objective, max_len=max_len, mask_prob=0.3, loss=loss, num_negatives=7)
+    bert = BertConfig(
+        vocab_size=V, hidden_size=12, num_layers=1, num_heads=3, intermediate_size=17, max_len=max_len,
+        type_vocab_size=0, causal=objective == "next_item",
+    )  # fmt: skip
+    return SeqRecommender(bert, rec), rec
+
+
+def seqs(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(np.arange(FIRST_ITEM_ID, V))[:n] for n in lengths]
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+@pytest.mark.parametrize("stride", [0, 3])
+def test_windows_keep_every_interaction(objective, stride):
+    rec = RecConfig(objective=objective, max_len=5, window_stride=stride)
+    data = seqs([1, 4, 5, 6, 13, 23])
+    windows = training_windows(data, rec).numpy()
+    width = 5 + (objective == "next_item")
+    assert windows.shape[1] == width
+    for s in data:
+        if objective == "next_item" and len(s) < 2:
+            continue
+        covered = set()
+        for w in windows:
+            items = w[w != PAD_ID]
+            # windows are contiguous pieces of one sequence
+            for start in range(len(s) - len(items) + 1):
+                if len(items) and np.array_equal(s[start : start + len(items)], items):
+                    pairs = {(a, b) for a, b in zip(items[:-1], items[1:])} if objective == "next_item" else set(items)
+                    covered |= pairs
+        wanted = {(a, b) for a, b in zip(s[:-1], s[1:])} if objective == "next_item" else set(s)
+        assert wanted <= covered, "an interaction was discarded by windowing"
+    # left padding: real items are right-aligned
+    for w in windows:
+        real = w != PAD_ID
+        assert real[-1] and np.all(np.diff(real.astype(int)) >= 0)
+
+
+def test_cloze_collate_masks_at_least_one_never_all_never_padding():
+    rec = RecConfig(max_len=9, mask_prob=0.5, last_item_prob=0.2)
+    windows = training_windows(seqs([1, 2, 3, 9, 9, 9, 5, 2] * 8), rec)
+    collate = make_collate(rec, V)
+    batch = collate({"items": windows}, torch.Generator().manual_seed(0))
+    again = collate({"items": windows}, torch.Generator().manual_seed(0))
+    assert all(torch.equal(batch[k], again[k]) for k in batch), "collate must be a pure function of the generator"
+    labelled = batch["labels"] != IGNORE_INDEX
+    real = windows != PAD_ID
+    assert not (labelled & ~real).any(), "padding was masked"
+    assert (labelled.sum(1) >= 1).all()
+    n_real = real.sum(1)
+    assert ((labelled.sum(1) < n_real) | (n_real == 1)).all(), "a sequence was masked entirely"
+    # [MASK]-only replacement: every labelled input is [MASK], every other input unchanged
+    assert (batch["input_ids"][labelled] == MASK_ID).all()
+    assert torch.equal(batch["input_ids"][~labelled], windows[~labelled])
+    assert torch.equal(batch["labels"][labelled], windows[labelled])
+    # "last item only" rows exist at this rate and mask exactly the last position
+    last_only = (labelled.sum(1) == 1) & labelled[:, -1]
+    assert last_only.any()
+
+
+def test_next_item_collate_targets_are_the_next_items():
+    rec = RecConfig(objective="next_item", max_len=6)
+    windows = training_windows(seqs([2, 7]), rec)
+    batch = make_collate(rec, V)({"items": windows}, torch.Generator().manual_seed(0))
+    x, y = batch["input_ids"], batch["labels"]
+    for row in range(len(windows)):
+        for t in range(x.shape[1] - 1):
+            if x[row, t + 1] != PAD_ID and x[row, t] != PAD_ID:
+                assert y[row, t] == x[row, t + 1]
+        assert (y[row][x[row] == PAD_ID] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "gbce"])
+def test_losses_are_finite_and_training_reduces_them(objective, loss):
+    torch.manual_seed(0)
+    model, rec = small_model(objective, loss)
+    windows = training_windows(seqs([9] * 16), rec)
+    collate = make_collate(rec, V)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    batch = collate({"items": windows}, torch.Generator().manual_seed(1))
+    first = model(batch).loss.item()
+    for _ in range(30):
+        out = model(batch)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert model(batch).loss.item() < first * 0.8
+
+
+def test_specials_are_never_scored():
+    model, rec = small_model()
+    scores = score_histories(model.eval(), seqs([3, 5]))
+    assert scores.shape == (2, V)
+    assert torch.isneginf(scores[:, :FIRST_ITEM_ID]).all() and torch.isfinite(scores[:, FIRST_ITEM_ID:]).all()
+
+
+def test_make_inputs_appends_mask_after_the_history_and_truncates():
+    rec = RecConfig(max_len=5)
+    h = np.array([10, 11, 12, 13, 14, 15])
+    ids = make_inputs([h, h[:2]], rec)["input_ids"]
+    assert ids[0].tolist() == [12, 13, 14, 15, MASK_ID]
+    assert ids[1].tolist() == [PAD_ID, PAD_ID, 10, 11, MASK_ID]
+    causal = make_inputs([h], RecConfig(objective="next_item", max_len=5))["input_ids"]
+    assert causal[0].tolist() == [11, 12, 13, 14, 15]
+
+
+def test_no_leakage_target_never_in_the_model_input_at_evaluation():
+    """Every user's items are distinct, so a leaked target would be visible in the recorded inputs."""
+    data = seqs([6, 9, 12, 4, 20] * 4, seed=3)
+    vocab = ItemVocab([str(i) for i in range(V - FIRST_ITEM_ID)])
+    from seqbert.data.interactions import UserSequences
+
+    ds = leave_one_out(UserSequences([str(u) for u in range(len(data))], data, None, vocab))
+    model, rec = small_model(max_len=9)
+    model.eval()
+    seen_inputs = []
+
+    def spy(histories):
+        inputs = make_inputs(histories, rec)
+        seen_inputs.append(inputs["input_ids"])
+        return model.score(inputs)
+
+    for histories, targets in ((ds.valid_inputs(), ds.valid_targets), (ds.test_inputs(), ds.test_targets)):
+        seen_inputs.clear()
+        evaluate_ranking(spy, histories, targets, num_items=V, batch_size=7, exclude_ids=(PAD_ID, MASK_ID))
+        ids = torch.cat(seen_inputs)
+        assert len(ids) == len(targets)
+        for row, target in zip(ids, targets):
+            assert int(target) not in row.tolist()
+            assert row[-1] == MASK_ID
+    # and the test input is exactly the validation history plus the validation item
+    for s, v, t, full in zip(ds.test_inputs(), ds.valid_targets, ds.test_targets, data):
+        assert np.array_equal(np.append(s, t), full) and s[-1] == v
+
+
+def test_recommend_new_user_unknown_items_and_exclusion(tmp_path):
+    model, rec = small_model()
+    vocab = ItemVocab([f"m{i}" for i in range(V - FIRST_ITEM_ID)])
+    recs = recommend(model, vocab, ["m1", "m2"], k=5)
+    assert len(recs) == 5 and not {"m1", "m2"} & {i for i, _ in recs}
+    assert all(a[1] >= b[1] for a, b in zip(recs, recs[1:]))
+    with pytest.raises(KeyError, match="unknown item ids"):
+        recommend(model, vocab, ["m1", "nope"], k=5)
+    assert recommend(model, vocab, ["m1", "nope"], k=5, skip_unknown=True) == recommend(model, vocab, ["m1"], k=5)
+    assert len(recommend(model, vocab, [], k=3)) == 3  # a brand-new user with no history (cloze)
+    seen = recommend(model, vocab, ["m1"], k=V, exclude_seen=False)
+    assert "m1" in {i for i, _ in seen}
+    # saved and reloaded: same recommendations
+    import dataclasses
+
+    save_model(tmp_path / "model", model, {"bert": dataclasses.asdict(model.config), "task": dataclasses.asdict(rec)})
+    vocab.save(tmp_path / "model" / "vocab.json")
+    loaded, vocab2 = load_recommender(tmp_path)
+    assert recommend(loaded, vocab2, ["m3", "m4"], k=4) == recommend(model.eval(), vocab, ["m3", "m4"], k=4)
+
+
+def test_mostpop_ranks_by_training_counts():
+    pop = MostPop([np.array([2, 3, 3]), np.array([3, 4])], vocab_size=6)
+    scores = pop.score_histories([np.array([2])])[0]
+    assert scores.argsort(descending=True)[:3].tolist() == [3, 2, 4]
+    assert torch.isneginf(scores[:FIRST_ITEM_ID]).all()
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="objective"):
+        RecConfig(objective="nope")
+    with pytest.raises(ValueError, match="mask_prob"):
+        RecConfig(mask_prob=1.0)
+    with pytest.raises(ValueError, match="type_vocab_size"):
+        SeqRecommender(BertConfig(vocab_size=V, hidden_size=12, num_heads=3), RecConfig())
+    with pytest.raises(ValueError, match="causal"):
+        SeqRecommender(BertConfig(vocab_size=V, hidden_size=12, num_heads=3, type_vocab_size=0, causal=True), RecConfig())
+
+
+def test_synthetic_markov_sequences_follow_the_planted_chain():
+    s = markov_sequences(num_users=50, num_items=30, p_follow=1.0, seed=1)
+    succ = {}
+    for seq in s.items:
+        for a, b in zip(seq[:-1], seq[1:]):
+            assert succ.setdefault(a, b) == b
