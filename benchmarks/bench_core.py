@@ -29,9 +29,13 @@ from pathlib import Path
 SHAPES = {
     # BERT4Rec on MovieLens-1M (Sun et al. 2019): item vocab 3,416 + specials, 20 % of items masked;
     # histories are left-padded to 200 with lengths like ML-1M's (many users have fewer than 200 ratings)
-    "bert4rec_ml1m": dict(vocab=3420, hidden=64, layers=2, heads=2, ffn=256, length=200, batch=128, mask=0.2, pad=True),
+    "bert4rec_ml1m": dict(
+        vocab=3420, hidden=64, layers=2, heads=2, ffn=256, length=200, batch=128, mask=0.2, pad=True
+    ),
     # a small text BERT: WordPiece vocab, packed full-length sequences
-    "text_small": dict(vocab=30522, hidden=256, layers=4, heads=4, ffn=1024, length=128, batch=32, mask=0.15, pad=False),
+    "text_small": dict(
+        vocab=30522, hidden=256, layers=4, heads=4, ffn=1024, length=128, batch=32, mask=0.15, pad=False
+    ),
 }
 IMPLS = ("seqbert", "hf", "hf_best")
 
@@ -58,7 +62,7 @@ def make_batches(shape: dict, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str) -> dict:
+def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str, device: str = "cpu") -> dict:
     import torch
     import torch.nn.functional as F
     import transformers
@@ -68,7 +72,7 @@ def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str) -> d
 
     torch.manual_seed(0)
     shape = SHAPES[shape_name]
-    batches = make_batches(shape, 4)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(shape, 4)]
     if impl == "seqbert":
         config = config_from_hf(json.loads((Path(ckpt) / "config.json").read_text()))
         model, _ = load_hf_model(ckpt, BertForPreTraining(config, nsp=False))
@@ -94,9 +98,13 @@ def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str) -> d
             hidden = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
             return model.cls(hidden[b["labels"] != -100])
 
+    model.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4
+    )
 
     def train_step(b):
         loss = loss_fn(b)
@@ -116,10 +124,14 @@ def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str) -> d
 
     for b in batches[:2]:  # warm-up
         step(b)
+    sync()
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         step(batches[steps % len(batches)])
         steps += 1
+        if steps % 4 == 0:
+            sync()
+    sync()
     elapsed = time.perf_counter() - t0
     tokens = shape["batch"] * shape["length"]
     return {
@@ -127,6 +139,7 @@ def child(impl: str, shape_name: str, ckpt: str, seconds: float, mode: str) -> d
         "tokens_per_s": steps * tokens / elapsed,
         "sequences_per_s": steps * shape["batch"] / elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
         "steps": steps,
     }
 
@@ -151,17 +164,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--out", default="benchmarks/results/core.json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "SHAPE", "CKPT", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         impl, shape, ckpt, mode = args.child
-        print(json.dumps(child(impl, shape, ckpt, args.seconds, mode)))
+        print(json.dumps(child(impl, shape, ckpt, args.seconds, mode, args.device)))
         return
 
     import torch
     import transformers
 
-    results: dict = {"machine": machine(), "command": "python " + " ".join(sys.argv)}
+    results: dict = {"machine": machine(), "device": args.device, "command": "python " + " ".join(sys.argv)}
     with tempfile.TemporaryDirectory() as tmp:
         for shape_name in args.shapes.split(","):
             s = SHAPES[shape_name]
@@ -176,14 +190,26 @@ def main() -> None:
             for r in range(args.rounds):
                 for mode in ("train", "infer"):
                     for impl in IMPLS:
-                        cmd = [sys.executable, __file__, "--seconds", str(args.seconds), "--child", impl, shape_name, ckpt, mode]
+                        cmd = [
+                            sys.executable,
+                            __file__,
+                            "--seconds",
+                            str(args.seconds),
+                            "--device",
+                            args.device,
+                            "--child",
+                            impl,
+                            shape_name,
+                            ckpt,
+                            mode,
+                        ]
                         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                         res = json.loads(out.stdout.strip().splitlines()[-1])
                         runs[(impl, mode)].append(res)
                         print(f"[{shape_name} round {r + 1}] {mode:5s} {impl:8s} {res['tokens_per_s']:10.0f} tok/s  "
                               f"{res['steps_per_s']:.3f} steps/s  peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
 
-            def med(impl, mode, key):
+            def med(impl, mode, key, runs=runs):
                 return statistics.median(x[key] for x in runs[(impl, mode)])
 
             entry = {"shape": s}

@@ -58,7 +58,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.name not in (*SCANNERS, "synthetic"):
-            raise ValueError(f"data.name must be one of {sorted(SCANNERS) + ['synthetic']}, got {self.name!r}")
+            raise ValueError(
+                f"data.name must be one of {sorted(SCANNERS) + ['synthetic']}, got {self.name!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,11 @@ class RecipeConfig:
 
 
 def load_dataset(cfg: DataConfig, data_dir: str | None, out: Path) -> inter.SequenceDataset:
-    if cfg.name == "synthetic":
-        seqs = markov_sequences(cfg.synthetic_users, cfg.synthetic_items, seed=0)
-        return inter.leave_one_out(seqs)
     prepared = out / "data"
-    if not (prepared / inter.STATS_FILE).exists():
+    if cfg.name == "synthetic" and not (prepared / inter.STATS_FILE).exists():
+        seqs = markov_sequences(cfg.synthetic_users, cfg.synthetic_items, seed=0)
+        inter.save_prepared(inter.leave_one_out(seqs), prepared, extra={"name": "synthetic"})
+    elif not (prepared / inter.STATS_FILE).exists():
         source = locate(cfg.name, resolve_data_dir(data_dir))
         prepare(SCANNERS[cfg.name](source), [source], prepared, name=cfg.name)
     return inter.load_prepared(prepared)
@@ -117,8 +119,14 @@ def test_protocols(ds: inter.SequenceDataset, out: Path, seed: int) -> dict:
     (out / "data").mkdir(parents=True, exist_ok=True)
     negs = {
         name: load_or_sample_negatives(
-            out / "data" / f"negatives_{name}_seed{seed}.npz", hist, targets, ds.vocab.size, n=100,
-            strategy=strategy, popularity=counts if strategy == "popularity" else None, seed=seed,
+            out / "data" / f"negatives_{name}_seed{seed}.npz",
+            hist,
+            targets,
+            ds.vocab.size,
+            n=100,
+            strategy=strategy,
+            popularity=counts if strategy == "popularity" else None,
+            seed=seed,
             exclude_ids=(PAD_ID, MASK_ID),
         )  # fmt: skip
         for name, strategy in (("pop100", "popularity"), ("uni100", "uniform"))
@@ -130,7 +138,9 @@ def run_protocols(score_fn, test: dict, vocab_size: int, batch_size: int) -> dic
     common = dict(num_items=vocab_size, batch_size=batch_size, exclude_ids=(PAD_ID, MASK_ID))
     out = {"full": evaluate_ranking(score_fn, test["histories"], test["targets"], **common).metrics}
     for name, cands in test["negatives"].items():
-        out[name] = evaluate_ranking(score_fn, test["histories"], test["targets"], protocol="sampled", candidates=cands, **common).metrics
+        out[name] = evaluate_ranking(
+            score_fn, test["histories"], test["targets"], protocol="sampled", candidates=cands, **common
+        ).metrics
     return out
 
 
@@ -151,8 +161,12 @@ def main(cfg: RecipeConfig, out: Path, data_dir: str | None = None) -> dict:
     )  # fmt: skip
     model = SeqRecommender(bert_config, cfg.task)
     windows = training_windows(ds.train_sequences, cfg.task)  # (N, W)
-    source = TensorBatchSource({"items": windows}, cfg.batch_size, seed=cfg.train.seed, collate=make_collate(cfg.task, V))
-    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {len(windows)} training windows")
+    source = TensorBatchSource(
+        {"items": windows}, cfg.batch_size, seed=cfg.train.seed, collate=make_collate(cfg.task, V)
+    )
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {len(windows)} training windows"
+    )
 
     # validation: the second-last item from the train part, on a fixed subset of users
     has_valid = np.flatnonzero(ds.valid_targets != NO_TARGET)
@@ -189,7 +203,14 @@ def main(cfg: RecipeConfig, out: Path, data_dir: str | None = None) -> dict:
     eval_seconds = time.time() - t0
     t0 = time.time()
     with torch.no_grad():
-        evaluate_ranking(score_fn, test["histories"], test["targets"], num_items=V, batch_size=cfg.eval.batch_size, exclude_ids=(PAD_ID, MASK_ID))
+        evaluate_ranking(
+            score_fn,
+            test["histories"],
+            test["targets"],
+            num_items=V,
+            batch_size=cfg.eval.batch_size,
+            exclude_ids=(PAD_ID, MASK_ID),
+        )
     eval_seconds_full = time.time() - t0
     pop = MostPop(ds.train_sequences, V)
     baseline = run_protocols(pop.score_histories, test, V, cfg.eval.batch_size)
@@ -207,19 +228,28 @@ def main(cfg: RecipeConfig, out: Path, data_dir: str | None = None) -> dict:
         "eval_seconds_full": eval_seconds_full,
         "eval_seconds_all_protocols": eval_seconds,
         "test_users": len(test["targets"]),
+        "train_windows": len(windows),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": config_to_dict(cfg),
         "curve": curve,
     }
     print_table({"model": metrics, "MostPop": baseline})
-    save_model(out / "model", model, {"bert": dataclasses.asdict(bert_config), "task": dataclasses.asdict(cfg.task)})
+    save_model(
+        out / "model", model, {"bert": dataclasses.asdict(bert_config), "task": dataclasses.asdict(cfg.task)}
+    )
     ds.vocab.save(out / "model" / "vocab.json")
     samples = {}
     for u, h in zip(test["users"][:3], test["histories"][:3]):
         history = ds.vocab.decode_many(h)
         recs = recommend(model, ds.vocab, history, k=5)
-        samples[ds.users[u]] = {"last_items": history[-5:], "recommended": [i for i, _ in recs], "held_out": ds.vocab.decode(int(ds.test_targets[u]))}
-        print(f"user {ds.users[u]}: last {history[-5:]} -> recommends {[i for i, _ in recs]} (held out: {samples[ds.users[u]]['held_out']})")
+        samples[ds.users[u]] = {
+            "last_items": history[-5:],
+            "recommended": [i for i, _ in recs],
+            "held_out": ds.vocab.decode(int(ds.test_targets[u])),
+        }
+        print(
+            f"user {ds.users[u]}: last {history[-5:]} -> recommends {[i for i, _ in recs]} (held out: {samples[ds.users[u]]['held_out']})"
+        )
     summary["samples"] = samples
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     print(f"wrote {out / 'metrics.json'}")
@@ -231,7 +261,9 @@ def print_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
     print(f"{'model':10s} {'protocol':8s} " + " ".join(f"{k:>8s}" for k in keys))
     for name, by_protocol in rows.items():
         for protocol, metrics in by_protocol.items():
-            print(f"{name:10s} {protocol:8s} " + " ".join(f"{metrics.get(k, float('nan')):8.4f}" for k in keys))
+            print(
+                f"{name:10s} {protocol:8s} " + " ".join(f"{metrics.get(k, float('nan')):8.4f}" for k in keys)
+            )
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -27,7 +27,9 @@ def run_recommend(args: argparse.Namespace) -> int:
     from seqbert.tasks.bert4rec import load_recommender, recommend
 
     model, vocab = load_recommender(args.run_dir)
-    recs = recommend(model, vocab, args.items, args.k, exclude_seen=not args.include_seen, skip_unknown=args.skip_unknown)
+    recs = recommend(
+        model, vocab, args.items, args.k, exclude_seen=not args.include_seen, skip_unknown=args.skip_unknown
+    )
     for rank, (item, score) in enumerate(recs, 1):
         sys.stdout.write(json.dumps({"rank": rank, "item": item, "score": round(score, 6)}) + "\n")
     return 0

@@ -28,7 +28,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(fields)}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -58,6 +60,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept what Python reads as a number
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
@@ -74,7 +82,9 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Build `cls` from the YAML file at `path` (or nothing) plus `key.sub=value` overrides."""
     data: dict = {}
     where = cls.__name__

@@ -94,24 +94,62 @@ def _score_batch(score_fn: Callable, hist: list[np.ndarray], num_items: int, sta
     return scores
 
 
+def _seen_pairs(hist: list[np.ndarray], num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every history item in the batch, checked to lie inside the catalogue."""
+    lengths = np.fromiter((len(h) for h in hist), dtype=np.int64, count=len(hist))
+    cols = np.concatenate(hist).astype(np.int64) if lengths.sum() else np.zeros(0, dtype=np.int64)
+    if cols.size and (cols.min() < 0 or cols.max() >= num_items):
+        raise ValueError(
+            f"a history holds an id outside [0, num_items={num_items}): [{cols.min()}, {cols.max()}]"
+        )
+    return np.repeat(np.arange(len(hist)), lengths), cols
+
+
 def _excluded_mask(
     hist: list[np.ndarray], tgt: torch.Tensor, exclude: torch.Tensor, num_items: int, seen: bool
 ):
-    """(B, V) bool: special ids and (optionally) the history, but never the target."""
+    """(B, V) bool: special ids and (optionally) the history, but never the target. Only built for rare rows."""
     b = len(hist)
     excluded = torch.zeros(b, num_items, dtype=torch.bool, device=tgt.device)  # (B, V)
     excluded[:, exclude] = True
     if seen:
-        lengths = np.fromiter((len(h) for h in hist), dtype=np.int64, count=b)
-        cols = np.concatenate(hist).astype(np.int64) if lengths.sum() else np.zeros(0, dtype=np.int64)
-        if cols.size and (cols.min() < 0 or cols.max() >= num_items):
-            raise ValueError(
-                f"a history holds an id outside [0, num_items={num_items}): [{cols.min()}, {cols.max()}]"
-            )
-        rows = np.repeat(np.arange(b), lengths)
+        rows, cols = _seen_pairs(hist, num_items)
         excluded[torch.from_numpy(rows).to(tgt.device), torch.from_numpy(cols).to(tgt.device)] = True
     excluded[torch.arange(b, device=tgt.device), tgt] = False
     return excluded
+
+
+def _count_at_least(scores: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """#{j : s_j >= t} per row. On CPU numpy's bool count is ~7x faster than torch's bool sum."""
+    if scores.device.type == "cpu" and scores.dtype != torch.bfloat16:  # numpy has no bfloat16
+        return torch.from_numpy(np.count_nonzero(scores.numpy() >= t.numpy(), axis=1))
+    return (scores >= t).sum(dim=1)
+
+
+def _rank_full(scores, hist, tgt, exclude, num_items, seen, coverage_k):
+    """Pessimistic target ranks (B,) and top-C ids (B, C) after exclusions, for one batch."""
+    b = len(hist)
+    dev = scores.device
+    t = scores.gather(1, tgt[:, None])  # (B, 1)
+    work = scores.clone()  # (B, V) the caller's tensor is never written
+    work[:, exclude] = float("-inf")
+    if seen:
+        rows, cols = _seen_pairs(hist, num_items)
+        work[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = float("-inf")  # sparse writes
+    work[torch.arange(b, device=dev), tgt] = t[:, 0]  # the target competes even if it was seen
+    # #{s_j >= t} counts the target once and every tie against it (pessimistic); excluded ids sit at -inf,
+    # below any finite t; if t == -inf every valid id ties, so rank = number of valid ids
+    rank = _count_at_least(work, t)  # (B,)
+    top_scores, top = work.topk(min(coverage_k, num_items), dim=1)  # (B, C)
+    odd = torch.isneginf(t[:, 0]) | torch.isneginf(top_scores).any(dim=1)  # rows where -inf is ambiguous
+    if odd.any():
+        where = odd.nonzero()[:, 0]
+        sub = [hist[i] for i in where.tolist()]
+        excluded = _excluded_mask(sub, tgt[where], exclude, num_items, seen)  # (b', V)
+        worst = torch.isneginf(t[where, 0])
+        rank[where[worst]] = (~excluded[worst]).sum(dim=1).to(rank.dtype)
+        top[where] = torch.where(excluded.gather(1, top[where]), -1, top[where])
+    return rank, top
 
 
 @torch.no_grad()
@@ -149,18 +187,10 @@ def evaluate_ranking(
         dev = scores.device
         tgt = torch.from_numpy(targets[start:stop]).to(dev)  # (B,)
         if protocol == "full":
-            excluded = _excluded_mask(hist, tgt, torch.from_numpy(exclude).to(dev), num_items, exclude_seen)
-            t = scores.gather(1, tgt[:, None])  # (B, 1)
-            scores = scores.masked_fill(excluded, float("-inf"))  # out of place: the caller's tensor stays
-            # one pass: #{s_j >= t} counts the target itself once and every tie against it (pessimistic);
-            # excluded ids sit at -inf < t, so they count only when t == -inf: then every valid id ties
-            rank = (scores >= t).sum(dim=1)  # (B,)
-            worst = torch.isneginf(t[:, 0])
-            if worst.any():
-                rank[worst] = (~excluded[worst]).sum(dim=1)
-            c = min(coverage_k, num_items)
-            top = scores.topk(c, dim=1).indices  # (B, C)
-            top = torch.where(excluded.gather(1, top), -1, top)
+            rank, top = _rank_full(
+                scores, hist, tgt, torch.from_numpy(exclude).to(dev), num_items, exclude_seen, coverage_k
+            )
+            c = top.shape[1]
         else:
             idx = torch.cat([tgt[:, None], torch.from_numpy(cands[start:stop]).to(dev)], dim=1)  # (B, 1 + N)
             picked = scores.gather(1, idx)  # (B, 1 + N)

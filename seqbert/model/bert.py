@@ -45,7 +45,9 @@ class BertConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-            raise ValueError(f"BertConfig.type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
+            raise ValueError(
+                f"BertConfig.type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}"
+            )
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
@@ -58,7 +60,9 @@ class BertConfig:
         if self.layer_norm_eps <= 0:
             raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"BertConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
+            raise ValueError(
+                f"BertConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}"
+            )
         if self.initializer_range <= 0:
             raise ValueError(f"BertConfig.initializer_range must be > 0, got {self.initializer_range!r}")
 
@@ -84,7 +88,9 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, L = input_ids.shape
         if L > self.max_len:
-            raise ValueError(f"input length {L} exceeds BertConfig.max_len={self.max_len}; truncate or window it")
+            raise ValueError(
+                f"input length {L} exceeds BertConfig.max_len={self.max_len}; truncate or window it"
+            )
         x = self.word(input_ids) + self.position.weight[:L]  # (B, L, H)
         if self.segment is not None:
             # no token_type_ids means "all segment 0", as in Hugging Face BERT
@@ -104,7 +110,9 @@ def attention_bias(
     if attention_mask is not None and not bool(attention_mask.all()):
         if not bool(attention_mask.any(dim=1).all()):
             empty = (~attention_mask.any(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(f"attention_mask rows {empty[:10]} are all padding: empty sequences cannot be encoded")
+            raise ValueError(
+                f"attention_mask rows {empty[:10]} are all padding: empty sequences cannot be encoded"
+            )
         allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
     if causal:
         tri = torch.ones(L, L, dtype=torch.bool, device=device).tril()  # (L, L)
@@ -141,7 +149,9 @@ class SelfAttention(nn.Module):
         # q, k, v: (B, N, L, D)
         dropout_p = self.attention_dropout if self.training else 0.0
         if self.use_sdpa:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)  # (B, N, L, D)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=dropout_p
+            )  # (B, N, L, D)
         else:
             y = eager_attention(q, k, v, allowed, dropout_p)  # (B, N, L, D)
         return self.out(y.transpose(1, 2).reshape(B, L, H))  # (B, L, H)
@@ -185,7 +195,9 @@ class Bert(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
-        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_ln else None
+        self.final_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_ln else None
+        )
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(

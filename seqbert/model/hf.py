@@ -85,7 +85,9 @@ def config_from_hf(hf: dict) -> BertConfig:
 
 def config_to_hf(config: BertConfig) -> dict:
     if config.pre_ln or config.causal:
-        raise ValueError("Hugging Face BERT is post-LN and bidirectional: pre_ln/causal models cannot be exported")
+        raise ValueError(
+            "Hugging Face BERT is post-LN and bidirectional: pre_ln/causal models cannot be exported"
+        )
     return {
         "model_type": "bert",
         "vocab_size": config.vocab_size,
@@ -204,7 +206,9 @@ def load_hf_model(directory: str | Path, model: nn.Module | None = None) -> tupl
         raise ValueError(f"{directory}: checkpoint lacks core tensors {missing_core[:8]}")
     for k, v in state.items():
         if k in target and target[k].shape != v.shape:
-            raise ValueError(f"{directory}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(target[k].shape)}")
+            raise ValueError(
+                f"{directory}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(target[k].shape)}"
+            )
     usable = {k: v for k, v in state.items() if k in target}
     model.load_state_dict(usable, strict=False)
     fresh = [k for k in target if k not in usable and k != "mlm.decoder.weight"]
@@ -212,7 +216,13 @@ def load_hf_model(directory: str | Path, model: nn.Module | None = None) -> tupl
 
 
 def _sizes(config: BertConfig) -> tuple:
-    return (config.vocab_size, config.hidden_size, config.num_layers, config.num_heads, config.intermediate_size)
+    return (
+        config.vocab_size,
+        config.hidden_size,
+        config.num_layers,
+        config.num_heads,
+        config.intermediate_size,
+    )
 
 
 def save_hf_model(model: nn.Module, directory: str | Path) -> Path:

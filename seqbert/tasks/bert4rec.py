@@ -40,7 +40,11 @@ class RecConfig:
     objective: str = "cloze"
     max_len: int = 200  # items the model reads; cloze uses max_len - 1 history items + the [MASK]
     mask_prob: float = 0.2  # cloze: probability to mask each item (0.2 ML-1M, 0.6 Beauty; Sun et al. 2019)
-    replace_probs: tuple[float, float, float] = (1.0, 0.0, 0.0)  # [MASK]-only as in the paper; BERT: 0.8/0.1/0.1
+    replace_probs: tuple[float, float, float] = (
+        1.0,
+        0.0,
+        0.0,
+    )  # [MASK]-only as in the paper; BERT: 0.8/0.1/0.1
     last_item_prob: float = 0.1  # cloze: share of windows with only the last item masked (Sun et al. §3.6)
     window_stride: int = 0  # stride between training windows of long histories; 0 = max_len (no overlap)
     loss: str = "ce"
@@ -65,7 +69,9 @@ class RecConfig:
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ValueError(f"RecConfig.gbce_t must be in [0, 1], got {self.gbce_t!r}")
         if len(self.replace_probs) != 3 or abs(sum(self.replace_probs) - 1.0) > 1e-6:
-            raise ValueError(f"RecConfig.replace_probs must be 3 numbers summing to 1, got {self.replace_probs!r}")
+            raise ValueError(
+                f"RecConfig.replace_probs must be 3 numbers summing to 1, got {self.replace_probs!r}"
+            )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -128,7 +134,9 @@ def make_collate(config: RecConfig, vocab_size: int):
         if config.loss != "ce":
             # one shared set of uniform negatives per batch (Petrov & Macdonald 2023 sample per position;
             # sharing keeps the (M, K) logits one matmul and is unbiased for uniform sampling)
-            batch["negatives"] = torch.randint(FIRST_ITEM_ID, vocab_size, (config.num_negatives,), generator=generator)
+            batch["negatives"] = torch.randint(
+                FIRST_ITEM_ID, vocab_size, (config.num_negatives,), generator=generator
+            )
         return batch
 
     return collate
@@ -208,7 +216,9 @@ class SeqRecommender(nn.Module):
         weight, bias = self.head.decoder.weight, self.head.decoder.bias
         pos = (t * weight[targets]).sum(-1, keepdim=True) + bias[targets, None]  # (M, 1)
         neg = t @ weight[negatives].T + bias[negatives]  # (M, K)
-        neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))  # a negative that is the target
+        neg = neg.masked_fill(
+            negatives[None, :] == targets[:, None], float("-inf")
+        )  # a negative that is the target
         logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
         if cfg.loss == "sampled_softmax":
             return RecOutput(F.cross_entropy(logits, torch.zeros_like(targets)), logits)
@@ -226,7 +236,9 @@ class SeqRecommender(nn.Module):
         return self.catalogue_logits(hidden[:, -1])  # (B, V)
 
 
-def score_histories(model: SeqRecommender, histories: Sequence[np.ndarray], device: torch.device | None = None) -> torch.Tensor:
+def score_histories(
+    model: SeqRecommender, histories: Sequence[np.ndarray], device: torch.device | None = None
+) -> torch.Tensor:
     """(B, V) catalogue scores for raw histories; the `score_fn` of `seqbert.evaluation.ranking`."""
     device = device or next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in make_inputs(histories, model.rec_config).items()}
@@ -250,7 +262,9 @@ def recommend(
     known = [item for item in history if item in vocab]
     unknown = [item for item in history if item not in vocab]
     if unknown and not skip_unknown:
-        raise KeyError(f"unknown item ids {unknown[:10]} (not in the training vocabulary); pass skip_unknown=True to drop them")
+        raise KeyError(
+            f"unknown item ids {unknown[:10]} (not in the training vocabulary); pass skip_unknown=True to drop them"
+        )
     ids = vocab.encode_many(known)
     if model.rec_config.objective == "next_item" and len(ids) == 0:
         raise ValueError("a next_item model needs at least one known item in the history")
@@ -290,7 +304,9 @@ def load_recommender(model_dir: str | Path) -> tuple[SeqRecommender, ItemVocab]:
     state, meta = load_model_state(model_dir)
     for key in ("bert", "task"):
         if key not in meta:
-            raise ValueError(f"{model_dir / 'model.json'}: missing {key!r}; was this saved by recipes/bert4rec.py?")
+            raise ValueError(
+                f"{model_dir / 'model.json'}: missing {key!r}; was this saved by recipes/bert4rec.py?"
+            )
     task = dict(meta["task"])
     task["replace_probs"] = tuple(task["replace_probs"])
     model = SeqRecommender(BertConfig(**meta["bert"]), RecConfig(**task))

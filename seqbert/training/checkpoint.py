@@ -5,8 +5,10 @@ A training checkpoint is a directory `run_dir/checkpoints/step-00000120/` holdin
   optimizer.safetensors  the optimizer's per-parameter tensors under "state.<param index>.<name>" keys,
                          its param_groups and non-tensor state as JSON in the safetensors metadata
   state.json             step, data position, RNG states, best metric, config, ... and each file's size
+(run_dir/metrics.jsonl is also trimmed here on resume, see `truncate_metrics`.)
 It is written into a hidden temporary directory, every file fsync'ed, then renamed into place, so a crash
-mid-write leaves at most a stray `.tmp-*` directory and never a half-written `step-*` one. Reading checks
+mid-write leaves at most a stray `.tmp-*` directory (removed on resume) and never a half-written `step-*`
+one. Final models (`save_model`) are two files, each written to a temporary name and renamed over. Reading checks
 every file (sizes, safetensors headers) before anything is applied; a damaged checkpoint raises
 `CheckpointError` naming the file, and `find_resumable` then falls back to the previous one.
 """
@@ -80,6 +82,22 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of the file `final` to write; on success fsync it, rename it over
+    `final` and fsync the directory. Other files in the directory are left alone."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -161,11 +179,13 @@ def read_model_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def save_model(directory: str | Path, model: nn.Module, extra_json: dict | None = None) -> Path:
     """Write `directory/model.safetensors` and `directory/model.json` (`extra_json`, e.g. the configs needed
-    to rebuild the model) atomically. Returns the directory."""
+    to rebuild the model), each atomically; other files there (a vocabulary, ...) are kept. Returns the
+    directory."""
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        _write_model_file(tmp / MODEL_FILE, model)
-        _write_json(tmp / MODEL_JSON, extra_json or {})
+    with atomic_file(directory / MODEL_FILE) as tmp:
+        _write_model_file(tmp, model)
+    with atomic_file(directory / MODEL_JSON) as tmp:
+        _write_json(tmp, extra_json or {})
     return directory
 
 
@@ -199,6 +219,12 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = [_b64(s.numpy().tobytes()) for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def set_rng_state(state: dict) -> None:
@@ -315,7 +341,11 @@ def find_resumable(run_dir: str | Path, quarantine: bool = True) -> Checkpoint |
 
     A damaged one is logged and, with `quarantine`, renamed to `step-*.corrupt` so that it is neither
     resumed from again nor counted as one of the last N; the run falls back to the one before it.
+    `quarantine` also removes the `.tmp-*` directories of writers that were killed.
     """
+    if quarantine:
+        for stray in (Path(run_dir) / "checkpoints").glob(".tmp-step-*"):
+            shutil.rmtree(stray, ignore_errors=True)
     for path in reversed(list_checkpoints(run_dir)):
         try:
             return read_checkpoint(path)
@@ -334,3 +364,21 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, keep_steps: set[int] 
         step = int(_STEP_DIR.match(path.name).group(1))
         if path not in recent and step not in keep_steps:
             shutil.rmtree(path)
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keep the lines of a metrics.jsonl with step <= `step` (a resumed run rewrites the later ones); a line
+    cut short by a crash is dropped too. The file is replaced atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)

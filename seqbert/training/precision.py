@@ -4,6 +4,7 @@
 where the hardware computes bf16 natively (CUDA with bf16 support; CPUs with AVX512-BF16 or AMX) and fp32
 elsewhere: on a CPU without those instructions bf16 matmuls are emulated and about 100x slower than fp32.
 fp16 needs a GradScaler (its 5-bit exponent underflows small gradients) and is offered on CUDA only.
+`init_distributed` joins torchrun's process group with the backend that fits the device.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,6 +94,22 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def distributed_backend(device: torch.device) -> str:
-    """nccl between GPUs, gloo between CPU processes."""
-    return "nccl" if device.type == "cuda" else "gloo"
+def init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) from torchrun's environment.
+
+    One process: (0, 1, False) and nothing is initialised. Backend: nccl between GPUs, gloo between CPUs.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), owns_group
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()

@@ -52,7 +52,9 @@ def test_parity_minilm_last_hidden_state_equals_transformers():
     with torch.no_grad():
         two = ours(b["input_ids"][:2], b["attention_mask"][:2], b["token_type_ids"][:2])
     assert abs(two.sum().item() - (-8.825279)) < 2e-3
-    torch.testing.assert_close(two[0, 0, :4], torch.tensor([0.098853, 0.080678, -0.097866, -0.497266]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        two[0, 0, :4], torch.tensor([0.098853, 0.080678, -0.097866, -0.497266]), atol=1e-5, rtol=0
+    )
 
 
 def small_hf_config():
@@ -90,7 +92,9 @@ def test_parity_random_pretraining_heads_mlm_and_nsp(tmp_path):
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     hf.save_pretrained(tmp_path)
-    ours, fresh = load_hf_model(tmp_path, BertForPreTraining(config_from_hf(json.loads((tmp_path / "config.json").read_text()))))
+    ours, fresh = load_hf_model(
+        tmp_path, BertForPreTraining(config_from_hf(json.loads((tmp_path / "config.json").read_text())))
+    )
     ours.eval()
     assert fresh == []
     b = hf_batch()

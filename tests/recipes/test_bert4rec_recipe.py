@@ -27,13 +27,17 @@ def test_synthetic_bert4rec_beats_mostpop_by_a_wide_margin(tmp_path):
     # the run directory serves recommendations and logs metrics
     lines = (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
     assert any("valid_ndcg@10" in json.loads(x).get("eval", {}) for x in lines)
-    assert json.loads((tmp_path / "metrics.json").read_text())["full"]["ndcg@10"] == pytest.approx(full["ndcg@10"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["full"]["ndcg@10"] == pytest.approx(
+        full["ndcg@10"]
+    )
     # the pinned loss of the first logged step (deterministic data, masking and init on this torch)
     first = json.loads(lines[0])
-    assert first["step"] == 25 and first["loss"] == pytest.approx(PINNED_LOSS_STEP_25, rel=2e-3), first
+    assert first["step"] == 25 and first["loss"] == pytest.approx(PINNED_LOSS_STEP_25, rel=1e-4), first
 
 
-PINNED_LOSS_STEP_25 = 5.3134990  # measured with torch 2.13.0 CPU; a change means the data, masking or init changed
+PINNED_LOSS_STEP_25 = (
+    5.3134990  # measured with torch 2.13.0 CPU; a change means the data, masking or init changed
+)
 
 
 def test_sasrec_config_trains_on_synthetic(tmp_path):
@@ -46,7 +50,9 @@ def test_sasrec_config_trains_on_synthetic(tmp_path):
     assert summary["full"]["hr@10"] > 5 * summary["mostpop"]["full"]["hr@10"]
 
 
-@pytest.mark.parametrize("name", ["bert4rec_ml1m.yaml", "sasrec_ml1m.yaml", "bert4rec_beauty.yaml", "bert4rec_synthetic.yaml"])
+@pytest.mark.parametrize(
+    "name", ["bert4rec_ml1m.yaml", "sasrec_ml1m.yaml", "bert4rec_beauty.yaml", "bert4rec_synthetic.yaml"]
+)
 def test_shipped_configs_load(name):
     cfg = load_config(recipe.RecipeConfig, ROOT / "recipes" / name)
     assert cfg.model.hidden_size == 64
@@ -57,7 +63,9 @@ def test_unknown_config_key_is_named(tmp_path):
     bad.write_text("train:\n  max_steps: 3\nmodel:\n  hiden_size: 3\n")
     with pytest.raises(ConfigError, match="hiden_size"):
         load_config(recipe.RecipeConfig, bad)
-    bad.write_text("train:\n  max_steps: 3\ndata:\n  name: synthetic\nmodel:\n  hidden_size: 30\n  num_heads: 7\n")
+    bad.write_text(
+        "train:\n  max_steps: 3\ndata:\n  name: synthetic\nmodel:\n  hidden_size: 30\n  num_heads: 7\n"
+    )
     cfg = load_config(recipe.RecipeConfig, bad)
     with pytest.raises(ValueError, match="divisible"):
         recipe.main(cfg, tmp_path / "run")

@@ -57,7 +57,11 @@ def test_windows_keep_every_interaction(objective, stride):
             # windows are contiguous pieces of one sequence
             for start in range(len(s) - len(items) + 1):
                 if len(items) and np.array_equal(s[start : start + len(items)], items):
-                    pairs = {(a, b) for a, b in zip(items[:-1], items[1:])} if objective == "next_item" else set(items)
+                    pairs = (
+                        {(a, b) for a, b in zip(items[:-1], items[1:])}
+                        if objective == "next_item"
+                        else set(items)
+                    )
                     covered |= pairs
         wanted = {(a, b) for a, b in zip(s[:-1], s[1:])} if objective == "next_item" else set(s)
         assert wanted <= covered, "an interaction was discarded by windowing"
@@ -73,7 +77,9 @@ def test_cloze_collate_masks_at_least_one_never_all_never_padding():
     collate = make_collate(rec, V)
     batch = collate({"items": windows}, torch.Generator().manual_seed(0))
     again = collate({"items": windows}, torch.Generator().manual_seed(0))
-    assert all(torch.equal(batch[k], again[k]) for k in batch), "collate must be a pure function of the generator"
+    assert all(torch.equal(batch[k], again[k]) for k in batch), (
+        "collate must be a pure function of the generator"
+    )
     labelled = batch["labels"] != IGNORE_INDEX
     real = windows != PAD_ID
     assert not (labelled & ~real).any(), "padding was masked"
@@ -174,14 +180,18 @@ def test_recommend_new_user_unknown_items_and_exclusion(tmp_path):
     assert all(a[1] >= b[1] for a, b in zip(recs, recs[1:]))
     with pytest.raises(KeyError, match="unknown item ids"):
         recommend(model, vocab, ["m1", "nope"], k=5)
-    assert recommend(model, vocab, ["m1", "nope"], k=5, skip_unknown=True) == recommend(model, vocab, ["m1"], k=5)
+    assert recommend(model, vocab, ["m1", "nope"], k=5, skip_unknown=True) == recommend(
+        model, vocab, ["m1"], k=5
+    )
     assert len(recommend(model, vocab, [], k=3)) == 3  # a brand-new user with no history (cloze)
     seen = recommend(model, vocab, ["m1"], k=V, exclude_seen=False)
     assert "m1" in {i for i, _ in seen}
     # saved and reloaded: same recommendations
     import dataclasses
 
-    save_model(tmp_path / "model", model, {"bert": dataclasses.asdict(model.config), "task": dataclasses.asdict(rec)})
+    save_model(
+        tmp_path / "model", model, {"bert": dataclasses.asdict(model.config), "task": dataclasses.asdict(rec)}
+    )
     vocab.save(tmp_path / "model" / "vocab.json")
     loaded, vocab2 = load_recommender(tmp_path)
     assert recommend(loaded, vocab2, ["m3", "m4"], k=4) == recommend(model.eval(), vocab, ["m3", "m4"], k=4)
@@ -202,7 +212,9 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="type_vocab_size"):
         SeqRecommender(BertConfig(vocab_size=V, hidden_size=12, num_heads=3), RecConfig())
     with pytest.raises(ValueError, match="causal"):
-        SeqRecommender(BertConfig(vocab_size=V, hidden_size=12, num_heads=3, type_vocab_size=0, causal=True), RecConfig())
+        SeqRecommender(
+            BertConfig(vocab_size=V, hidden_size=12, num_heads=3, type_vocab_size=0, causal=True), RecConfig()
+        )
 
 
 def test_synthetic_markov_sequences_follow_the_planted_chain():

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from seqbert.evaluation.protocols import sample_negatives
+from seqbert.evaluation.ranking import evaluate_ranking
+
+V = 23  # odd-sized catalogue; id 0 is padding, id 22 a mask token
+
+
+def _table_scorer(table: torch.Tensor):
+    """score_fn over users in order: returns views of one (U, V) table, to catch in-place writes."""
+    state = {"next": 0}
+
+    def score_fn(histories):
+        start = state["next"]
+        state["next"] += len(histories)
+        return table[start : start + len(histories)]
+
+    return score_fn
+
+
+def _random_setup(seed=0, users=37):
+    rng = np.random.default_rng(seed)
+    histories = [
+        rng.choice(np.arange(1, 22), size=int(rng.integers(0, 12)), replace=False) for _ in range(users)
+    ]
+    targets = rng.integers(1, 22, size=users)
+    table = torch.from_numpy(rng.integers(0, 5, size=(users, V)).astype(np.float32))  # many ties
+    return histories, targets, table
+
+
+def _reference_full_rank(scores, history, target, exclude):
+    valid = [j for j in range(V) if j not in exclude and (j == target or j not in set(history.tolist()))]
+    t = scores[target]
+    return 1 + sum(scores[j] > t for j in valid) + sum(scores[j] == t for j in valid if j != target)
+
+
+def test_hand_computed_full_rank():
+    # item: 0(pad) 1 2 3(target) 4 5 6; history {1, 2} outscores everything but is excluded
+    scores = torch.tensor([[9.0, 10.0, 10.0, 5.0, 5.0, 7.0, 1.0]])
+    res = evaluate_ranking(
+        lambda h: scores, [np.array([1, 2])], np.array([3]), 7, exclude_ids=(0,), ks=(1, 5)
+    )
+    assert res.ranks[0] == 3  # 1 + #{5: 7 > 5} + #{4: tie with 5}
+    assert res.metrics["hr@1"] == 0.0 and res.metrics["hr@5"] == 1.0
+    assert res.metrics["ndcg@5"] == pytest.approx(0.5)  # 1 / log2(3 + 1)
+    assert res.metrics["mrr"] == pytest.approx(1 / 3)
+    assert res.topk[0, :4].tolist() == [5, 3, 4, 6] or res.topk[0, :4].tolist() == [5, 4, 3, 6]
+    assert res.topk[0, 4:].tolist() == [-1] * 6  # only 4 items remain after exclusions
+    assert res.metrics["coverage@10"] == pytest.approx(4 / 6)  # catalogue = 7 ids minus the pad id
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_full_protocol_matches_reference_loop(batch_size):
+    histories, targets, table = _random_setup()
+    before = table.clone()
+    res = evaluate_ranking(
+        _table_scorer(table), histories, targets, V, batch_size=batch_size, exclude_ids=(0, 22)
+    )
+    torch.testing.assert_close(table, before)  # the caller's scores are not modified
+    expected = [_reference_full_rank(table[u].numpy(), histories[u], targets[u], {0, 22}) for u in range(37)]
+    np.testing.assert_array_equal(res.ranks, expected)
+    for u in range(37):  # top-k never holds a seen (non-target) or excluded item
+        banned = (set(histories[u].tolist()) - {targets[u]}) | {0, 22}
+        assert not banned & set(res.topk[u].tolist())
+
+
+def test_target_in_history_is_still_ranked_and_seen_can_be_kept():
+    scores = torch.tensor([[0.0, 3.0, 2.0, 1.0]])
+    hist, tgt = [np.array([1, 2])], np.array([2])
+    assert evaluate_ranking(lambda h: scores, hist, tgt, 4).ranks[0] == 1  # item 1 seen, target kept
+    assert evaluate_ranking(lambda h: scores, hist, tgt, 4, exclude_seen=False).ranks[0] == 2
+
+
+def test_minus_inf_target_gets_the_worst_valid_rank():
+    scores = torch.tensor([[0.0, 1.0, float("-inf"), 2.0, float("-inf")]])
+    res = evaluate_ranking(lambda h: scores, [np.array([3])], np.array([2]), 5, exclude_ids=(0,))
+    assert res.ranks[0] == 3  # valid: 1, 2, 4 -> tie with 4 counts against the target
+
+
+def test_sampled_protocol_matches_reference():
+    histories, targets, table = _random_setup(seed=1)
+    negatives = sample_negatives(histories, targets, V, n=6, seed=0, exclude_ids=(0, 22))
+    res = evaluate_ranking(
+        _table_scorer(table), histories, targets, V, protocol="sampled", candidates=negatives, batch_size=8
+    )
+    s = table.numpy()
+    t = s[np.arange(37), targets]
+    picked = np.take_along_axis(s, negatives, axis=1)
+    expected = 1 + (picked > t[:, None]).sum(1) + (picked == t[:, None]).sum(1)
+    np.testing.assert_array_equal(res.ranks, expected)
+    assert res.ranks.max() <= 7
+    for u in range(37):
+        assert set(res.topk[u].tolist()) == set(negatives[u].tolist()) | {targets[u], -1}  # 7 < 10: padded
+
+
+def test_metrics_are_means_of_per_user_vectors():
+    histories, targets, table = _random_setup(seed=2)
+    res = evaluate_ranking(_table_scorer(table), histories, targets, V, ks=(1, 10))
+    assert set(res.metrics) == {"hr@1", "ndcg@1", "hr@10", "ndcg@10", "mrr", "coverage@10"}
+    for name, vec in res.per_user.items():
+        assert vec.shape == (37,)
+        assert res.metrics[name] == pytest.approx(vec.mean())
+    assert res.num_users == 37
+
+
+def test_bad_inputs_raise_clear_errors():
+    hist, tgt = [np.array([1])], np.array([2])
+    ok = torch.zeros(1, 5)
+    with pytest.raises(ValueError, match="expected \\(B=1, num_items=5\\)"):
+        evaluate_ranking(lambda h: torch.zeros(1, 4), hist, tgt, 5)
+    with pytest.raises(ValueError, match="exclude_ids"):
+        evaluate_ranking(lambda h: ok, hist, np.array([0]), 5, exclude_ids=(0,))
+    with pytest.raises(ValueError, match="num_items=5"):
+        evaluate_ranking(lambda h: ok, hist, np.array([5]), 5)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_ranking(lambda h: torch.full((1, 5), float("nan")), hist, tgt, 5)
+    with pytest.raises(ValueError, match="contains that user's target"):
+        evaluate_ranking(lambda h: ok, hist, tgt, 5, protocol="sampled", candidates=np.array([[2, 3]]))
+    with pytest.raises(ValueError, match="needs candidates"):
+        evaluate_ranking(lambda h: ok, hist, tgt, 5, protocol="sampled")
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_ranking(lambda h: ok, [np.array([9])], tgt, 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scores_give_the_same_ranks_as_cpu():
+    histories, targets, table = _random_setup(seed=3)
+    cpu = evaluate_ranking(_table_scorer(table), histories, targets, V, batch_size=8, exclude_ids=(0, 22))
+    gpu = evaluate_ranking(
+        _table_scorer(table.cuda()), histories, targets, V, batch_size=8, exclude_ids=(0, 22)
+    )
+    np.testing.assert_array_equal(gpu.ranks, cpu.ranks)
+    for name, vec in cpu.per_user.items():  # coverage may differ: topk picks among tied scores freely
+        np.testing.assert_array_equal(gpu.per_user[name], vec)

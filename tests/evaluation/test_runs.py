@@ -1,0 +1,86 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from seqbert.evaluation.metrics import evaluate_ranked, mean_metrics
+from seqbert.evaluation.runs import RunFormatError, align, read_qrels, read_run
+
+TREC_RUN = """q1 Q0 d3 2 0.5 sys
+q1 Q0 d1 1 0.9 sys
+q1 Q0 d2 3 0.5 sys
+q2 Q0 d9 1 2.0 sys
+"""
+TREC_QRELS = "q1 0 d1 1\nq1 0 d2 2\nq2 0 d7 1\n"
+
+
+def _write(path, text, newline="\n"):
+    path.write_bytes(text.replace("\n", newline).encode())
+    return path
+
+
+def test_trec_run_order_and_qrels(tmp_path):
+    run = read_run(_write(tmp_path / "a.trec", TREC_RUN))
+    # score descending; the tie d3/d2 at 0.5 follows the file's rank column
+    assert run.lists == {"q1": ["d1", "d3", "d2"], "q2": ["d9"]}
+    qrels = read_qrels(_write(tmp_path / "q.txt", TREC_QRELS))
+    assert qrels.judgements == {"q1": {"d1": 1.0, "d2": 2.0}, "q2": {"d7": 1.0}}
+    a = align(run, qrels)
+    assert a.qids == ["q1", "q2"]
+    m = mean_metrics(evaluate_ranked(a.ranked, a.rel_ids, a.rel_grades, ks=(1, 3)))
+    assert m["hr@1"] == 0.5 and m["precision@3"] == pytest.approx((2 / 3 + 0) / 2)
+    assert [a.docs[i] for i in a.ranked[0]] == ["d1", "d3", "d2"]
+
+
+def test_beir_tsv_qrels_with_crlf(tmp_path):
+    path = _write(
+        tmp_path / "test.tsv", "query-id\tcorpus-id\tscore\n1\t31715818\t1\n3\t14717500\t2\n", "\r\n"
+    )
+    qrels = read_qrels(path)
+    assert qrels.judgements == {"1": {"31715818": 1.0}, "3": {"14717500": 2.0}}
+    assert qrels.first_line == {"1": 2, "3": 3}
+
+
+def test_malformed_and_duplicate_lines_name_file_and_line(tmp_path):
+    path = _write(tmp_path / "bad.trec", TREC_RUN + "q2 Q0 d8 2\nq2 Q0 d9 3 1.0 sys\nq2 Q0 d5 x 1.0 sys\n")
+    with pytest.raises(RunFormatError) as err:
+        read_run(path)
+    text = str(err.value)
+    assert f"{path}:5: expected 6 fields" in text
+    assert f"{path}:6: duplicate entry for query 'q2', doc 'd9' (first on line 4)" in text
+    assert f"{path}:7: rank 'x'" in text
+    with pytest.warns(UserWarning, match="3 problem"):
+        run = read_run(path, errors="warn")
+    assert run.lists["q2"] == ["d9"] and len(run.issues) == 3
+    dup = _write(tmp_path / "dup.txt", TREC_QRELS + "q1 0 d1 0\nq1 0\n")
+    with pytest.raises(RunFormatError, match=r"dup.txt:4: duplicate judgement.*\n.*dup.txt:5: expected"):
+        read_qrels(dup)
+
+
+def test_unknown_and_missing_queries(tmp_path):
+    run = read_run(_write(tmp_path / "a.trec", TREC_RUN + "q9 Q0 d1 1 1.0 sys\n"))
+    qrels = read_qrels(_write(tmp_path / "q.txt", TREC_QRELS + "q3 0 d1 1\n"))
+    with pytest.raises(RunFormatError) as err:
+        align(run, qrels)
+    assert "a.trec:5: query 'q9' is not in the qrels" in str(err.value)
+    assert "q.txt:4: query 'q3' has no results in the run" in str(err.value)
+    with pytest.warns(UserWarning, match="2 problem"):
+        a = align(run, qrels, errors="warn")
+    assert a.qids == ["q1", "q2", "q3"] and (a.ranked[2] == -1).all()  # scored as an empty ranking
+
+
+def test_csv_and_parquet_runs(tmp_path):
+    csv = _write(tmp_path / "r.csv", "user,item,rank\n7,b,2\n7,a,1\n8,c,1\n")
+    assert read_run(csv).lists == {"7": ["a", "b"], "8": ["c"]}
+    pq = tmp_path / "r.parquet"
+    pl.DataFrame({"qid": ["7", "7", "8"], "docid": ["a", "b", "c"], "score": [0.1, 0.3, None]}).write_parquet(
+        pq
+    )
+    with pytest.raises(RunFormatError, match="r.parquet:4: missing or non-numeric"):
+        read_run(pq)
+    with pytest.raises(RunFormatError, match="needs a 'score' or a 'rank'"):
+        read_run(_write(tmp_path / "s.csv", "user,item\n1,2\n"))
+    qrels_csv = _write(tmp_path / "q.csv", "user,item\n7,a\n8,c\n")
+    a = align(read_run(csv), read_qrels(qrels_csv))
+    np.testing.assert_array_equal(
+        evaluate_ranked(a.ranked, a.rel_ids, a.rel_grades, ks=(1,))["hr@1"], [1.0, 1.0]
+    )

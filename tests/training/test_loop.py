@@ -1,0 +1,227 @@
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import BertForSequenceClassification
+from seqbert.training import NonFiniteLossError, TensorBatchSource, TrainConfig, train
+from seqbert.training.checkpoint import list_checkpoints, read_checkpoint
+
+
+@dataclass
+class Output:
+    loss: torch.Tensor
+
+
+class Regressor(nn.Module):
+    """LayerNorm -> Linear -> tanh -> dropout -> Linear; per-example mean squared error."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(5)
+        self.hidden = nn.Linear(5, 7)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(7, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Output:
+        pred = self.out(self.dropout(torch.tanh(self.hidden(self.norm(batch["x"]))))).squeeze(-1)  # (B,)
+        return Output(F.mse_loss(pred, batch["y"]))
+
+
+def regression_source(rows: int = 40, batch_size: int = 4, collate=None) -> TensorBatchSource:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(rows, 5, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0])
+    return TensorBatchSource({"x": x, "y": y}, batch_size=batch_size, seed=5, collate=collate)
+
+
+def add_noise(raw, generator):
+    """Per-batch randomness that must be replayed exactly after a resume."""
+    return {"x": raw["x"] + 0.1 * torch.randn(raw["x"].shape, generator=generator), "y": raw["y"]}
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(
+        max_steps=8, lr=1e-2, warmup_steps=2, device="cpu", precision="fp32", log_every=1, progress=False
+    )
+    return TrainConfig(**(base | overrides))
+
+
+def fresh(dropout: float = 0.0) -> Regressor:
+    torch.manual_seed(0)
+    return Regressor(dropout)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_accumulation_matches_the_larger_batch(tmp_path):
+    sizes = dict(vocab_size=23, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=12, max_len=6)
+    bert = BertConfig(**sizes, dropout=0.0, attention_dropout=0.0)
+    g = torch.Generator().manual_seed(4)
+    data = {
+        "input_ids": torch.randint(1, 23, (48, 6), generator=g),
+        "labels": torch.randint(0, 3, (48,), generator=g),
+    }
+    models = []
+    for name, batch_size, accum in (("big", 8, 1), ("accum", 4, 2)):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(bert, num_labels=3)
+        source = TensorBatchSource(data, batch_size=batch_size, seed=1)
+        train(model, source, config(max_steps=6, grad_accum=accum, lr=3e-2), tmp_path / name)
+        models.append(model)
+    big, accum = (weights(m) for m in models)
+    assert not torch.equal(big["classifier.weight"], BertForSequenceClassification(bert, 3).classifier.weight)
+    for name in big:  # the attention key bias has a ~0 gradient whose float noise Adam scales up to ~1e-6
+        torch.testing.assert_close(accum[name], big[name], rtol=1e-4, atol=1e-5)
+    loss_big = [r["loss"] for r in read_metrics(tmp_path / "big")]
+    loss_accum = [r["loss"] for r in read_metrics(tmp_path / "accum")]
+    assert loss_big == pytest.approx(loss_accum, rel=1e-5)
+
+
+def test_metrics_jsonl_and_result(tmp_path):
+    result = train(
+        fresh(), regression_source(), config(log_every=3, eval_every=4), tmp_path, lambda m: {"mse": 1.0}
+    )
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [3, 4, 6, 8]  # every 3 steps, at evaluations and at the end
+    for record in records:
+        assert {"step", "loss", "lr", "grad_norm", "seconds", "items_per_s", "epoch"} <= set(record)
+        assert math.isfinite(record["loss"]) and record["items_per_s"] > 0
+    assert records[1]["eval"] == {"mse": 1.0} and "eval" not in records[0]
+    assert result.step == 8 and result.stop_reason == "max_steps" and result.last_eval == {"mse": 1.0}
+    assert result.checkpoint == list_checkpoints(tmp_path)[-1]  # a final checkpoint is always written
+
+
+def test_damaged_newest_checkpoint_falls_back_and_resume_is_exact(tmp_path):
+    # reference: 12 uninterrupted steps with dropout and per-batch noise
+    reference = fresh(dropout=0.2)
+    train(reference, regression_source(collate=add_noise), config(max_steps=12), tmp_path / "ref")
+    # the same run with checkpoints at 4, 8, 12; then as if it had died after a damaged step-8 write
+    run = tmp_path / "run"
+    cfg = config(max_steps=12, checkpoint_every=4, keep_last=3)
+    train(fresh(dropout=0.2), regression_source(collate=add_noise), cfg, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000012")
+    damaged = run / "checkpoints" / "step-00000008" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    # resume into a model with other weights: everything must come from the step-4 checkpoint
+    model = Regressor(dropout=0.2)
+    result = train(model, regression_source(collate=add_noise), cfg, run)
+    assert result.step == 12
+    assert (run / "checkpoints" / "step-00000008.corrupt").is_dir()
+    for name, tensor in weights(reference).items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == list(range(1, 13))  # lines written after step 4 by the first run were dropped
+    assert [r["loss"] for r in read_metrics(run)] == [r["loss"] for r in read_metrics(tmp_path / "ref")]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    source = regression_source()
+    source.tensors["x"][4 * 5 + 2, 1] = float("nan")  # a NaN in batch 5 (0-based) of epoch 0
+    source.shuffle = False
+    model = fresh()
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 6 .*step-00000004"):
+        train(model, source, config(checkpoint_every=2), tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004"]
+    assert read_checkpoint(list_checkpoints(tmp_path)[-1]).step == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step was not applied
+
+
+def test_early_stopping_keeps_and_restores_the_best(tmp_path):
+    scores = iter([0.5, 0.9, 0.7, 0.8, 0.95])
+    cfg = config(
+        max_steps=40, eval_every=2, early_stopping_metric="acc", patience=2, keep_last=1, restore_best=True
+    )
+    model = fresh()
+    result = train(model, regression_source(), cfg, tmp_path, lambda m: {"acc": next(scores)})
+    assert result.stop_reason == "early_stopping"
+    assert (result.step, result.best_step, result.best_metric) == (8, 4, 0.9)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004", "step-00000008"]
+    best = read_checkpoint(list_checkpoints(tmp_path)[0]).model_state
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best[name]), name
+    # calling again on the finished run does not train past the early stop
+    again = train(fresh(), regression_source(), cfg, tmp_path, lambda m: {"acc": 0.0})
+    assert (again.step, again.stop_reason, again.best_step) == (8, "early_stopping", 4)
+
+
+def test_evaluate_sees_eval_mode_and_min_mode(tmp_path):
+    seen = []
+
+    def evaluate(model):
+        seen.append(model.training)
+        return {"loss": 1.0 / (len(seen))}
+
+    cfg = config(eval_every=2, early_stopping_metric="loss", early_stopping_mode="min", patience=1)
+    result = train(fresh(), regression_source(), cfg, tmp_path, evaluate)
+    assert seen == [False] * 4 and result.best_step == 8 and result.stop_reason == "max_steps"
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
+    def slow(raw, generator):
+        time.sleep(0.02)
+        return raw
+
+    cfg = config(max_steps=100_000, max_seconds=0.3)
+    result = train(fresh(), regression_source(collate=slow), cfg, tmp_path)
+    assert result.stop_reason == "time_budget" and 0 < result.step < 100_000
+    assert read_checkpoint(list_checkpoints(tmp_path)[-1]).step == result.step
+    # a new call resumes past the budget stop
+    more = train(fresh(), regression_source(collate=slow), cfg, tmp_path)
+    assert more.step > result.step
+
+
+def test_resume_false_refuses_a_used_run_dir(tmp_path):
+    train(fresh(), regression_source(), config(max_steps=2), tmp_path)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(fresh(), regression_source(), config(max_steps=2, resume=False), tmp_path)
+
+
+def test_deterministic_flag_is_restored(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    train(fresh(), regression_source(), config(max_steps=2, deterministic=True), tmp_path)
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_steps", 0),
+        ("grad_accum", 0),
+        ("lr", 0.0),
+        ("schedule", "step"),
+        ("precision", "fp8"),
+        ("early_stopping_mode", "up"),
+        ("clip_norm", -1.0),
+        ("warmup_steps", 9),
+        ("max_seconds", 0.0),
+    ],
+)
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        config(**{field: value})
+
+
+def test_patience_needs_a_metric_and_evaluations():
+    with pytest.raises(ValueError, match="early_stopping_metric"):
+        config(patience=2, eval_every=2)
+    with pytest.raises(ValueError, match="eval_every"):
+        config(patience=2, early_stopping_metric="acc")
+
+
+def test_a_metric_without_evaluate_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no evaluate callback"):
+        train(fresh(), regression_source(), config(early_stopping_metric="acc"), tmp_path)

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import BertForPreTraining
+from seqbert.training.optim import configure_optimizer, lr_at
+
+
+def test_warmup_is_linear_and_starts_above_zero():
+    assert lr_at(0, 1.0, warmup_steps=4, max_steps=20) == pytest.approx(0.25)
+    assert lr_at(1, 1.0, warmup_steps=4, max_steps=20) == pytest.approx(0.5)
+    assert lr_at(3, 1.0, warmup_steps=4, max_steps=20) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "step", "expected"),
+    [
+        ("linear", 4, 1.0),  # end of warm-up: the peak
+        ("linear", 12, 0.5),  # half-way through the decay (8 of 16 steps)
+        ("linear", 16, 0.25),
+        ("cosine", 4, 1.0),
+        ("cosine", 12, 0.5),  # cos(pi/2) = 0
+        ("cosine", 8, 0.5 * (1 + math.cos(math.pi / 4))),
+        ("constant", 12, 1.0),
+        ("constant", 19, 1.0),
+    ],
+)
+def test_decay_values(schedule, step, expected):
+    assert lr_at(step, 1.0, warmup_steps=4, max_steps=20, schedule=schedule) == pytest.approx(expected)
+
+
+def test_decay_floor_and_end():
+    # min_lr_ratio 0.1: the decay goes from 2.0 to 0.2, reaching it at max_steps
+    assert lr_at(10, 2.0, 0, 10, "linear", min_lr_ratio=0.1) == pytest.approx(0.2)
+    assert lr_at(5, 2.0, 0, 10, "cosine", min_lr_ratio=0.1) == pytest.approx(0.2 + 1.8 * 0.5)
+    assert lr_at(0, 2.0, 0, 10, "linear") == pytest.approx(2.0)
+
+
+def test_schedule_rejects_unknown_names_and_negative_steps():
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, 1.0, 0, 10, "exponential")
+    with pytest.raises(ValueError, match="step"):
+        lr_at(-1, 1.0, 0, 10)
+
+
+def test_weight_decay_only_on_matrices_and_tied_weight_once():
+    config = BertConfig(
+        vocab_size=99, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=12, max_len=7
+    )
+    model = BertForPreTraining(config, nsp=True)
+    optimizer = configure_optimizer(model, lr=1e-3, weight_decay=0.1)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    not_decayed = {names[id(p)] for p in no_decay["params"]}
+    assert all(model.get_parameter(n).dim() >= 2 for n in decayed)
+    assert "bert.embeddings.word.weight" in decayed
+    assert any(n.endswith("norm.weight") for n in not_decayed)  # LayerNorm gains
+    assert any(n.endswith(".bias") for n in not_decayed)
+    assert not any(n.endswith(".bias") or "norm" in n for n in decayed)
+    # every trainable parameter exactly once; the tied decoder weight is the embedding, not a second copy
+    ids = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_decay_does_not_touch_biases():
+    layer = nn.Linear(3, 2)
+    nn.init.ones_(layer.bias)
+    optimizer = configure_optimizer(layer, lr=0.1, weight_decay=0.5)
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    layer.bias.grad = torch.zeros_like(layer.bias)
+    weight = layer.weight.detach().clone()
+    optimizer.step()
+    assert torch.equal(layer.bias, torch.ones(2))  # zero gradient and no decay: unchanged
+    assert torch.allclose(layer.weight, weight * (1 - 0.1 * 0.5))  # decoupled decay: w <- w (1 - lr wd)
