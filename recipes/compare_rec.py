@@ -32,11 +32,12 @@ _spec.loader.exec_module(recipe)
 
 
 def buckets(values: np.ndarray, edges: list[int], unit: str) -> np.ndarray:
-    """Label each value with its [lo, hi) bucket, e.g. '20-50 items'."""
+    """Label each value with its [lo, hi) bucket, e.g. '2: 20-49 items'."""
     labels = np.empty(len(values), dtype=object)
     bounds = [0, *edges, np.inf]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        name = f"{lo}+ {unit}" if hi == np.inf else f"{lo}-{int(hi) - 1} {unit}"
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), 1):
+        # the number first, so the report's sorted labels keep the buckets in order
+        name = f"{i}: {lo}+ {unit}" if hi == np.inf else f"{i}: {lo}-{int(hi) - 1} {unit}"
         labels[(values >= lo) & (values < hi)] = name
     return labels.astype(str)
 
