@@ -1,0 +1,217 @@
+"""Recipe: pretrain a text BERT with masked LM + next-sentence prediction (Devlin et al. 2019).
+
+config -> corpus (WikiText-2 as D2L reads it, or a folder of text files) -> tokenizer (word-level vocabulary
+or WordPiece, trained here, or loaded) -> NSP sentence pairs -> BertForPreTraining -> train (dynamic 15 %
+masking per batch) -> held-out MLM/NSP evaluation -> save `run_dir/{tokenizer.json, model/, results.json}`.
+
+    python recipes/text_pretrain.py --config recipes/text_pretrain_wikitext2.yaml [key=value ...]
+
+The run directory can then initialise fine-tuning (`init: seqbert`, `init_dir: RUN_DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seqbert.config import config_to_dict, load_config
+from seqbert.data.sources import resolve_data_dir
+from seqbert.data.text import (
+    load_tokenizer,
+    make_nsp_pairs,
+    read_text_folder,
+    read_wikitext,
+    special_ids,
+    tokenize_documents,
+    train_word_level,
+    train_wordpiece,
+)
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import BertForPreTraining
+from seqbert.tasks.text import evaluate_pretraining, pretraining_collate, save_text_model
+from seqbert.training.data import TensorBatchSource
+from seqbert.training.loop import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    source: str = "wikitext"  # "wikitext" (one paragraph a line, D2L's reading) or "folder" (*.txt files)
+    path: str = "wikitext-2/wiki.train.tokens"  # relative paths are under the data directory
+    lowercase: bool = True
+    detokenize: bool = False  # WikiText only: rejoin "@-@" etc. and map <unk> to [UNK] (for WordPiece)
+    max_documents: int | None = None  # keep the first N documents (None: all)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("wikitext", "folder"):
+            raise ValueError(f"corpus.source must be 'wikitext' or 'folder', got {self.source!r}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str = "word"  # "word" (whitespace words, D2L), "wordpiece" (trained here) or "file" (load `path`)
+    vocab_size: int = 8000  # wordpiece only
+    min_frequency: int = 5  # word: D2L keeps words seen >= 5 times; wordpiece: pair-merge threshold
+    path: str | None = None  # file: tokenizer.json, vocab.txt or a directory with either
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("word", "wordpiece", "file"):
+            raise ValueError(f"tokenizer.kind must be 'word', 'wordpiece' or 'file', got {self.kind!r}")
+        if self.kind == "file" and not self.path:
+            raise ValueError("tokenizer.path is required when tokenizer.kind is 'file'")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    dropout: float = 0.1
+    pre_ln: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    run_dir: str
+    data_dir: str | None = None  # None: $SEQBERT_DATA_DIR
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    max_len: int = 64  # tokens per pair, [CLS] and both [SEP] included
+    drop_long: bool = True  # D2L drops pairs longer than max_len; False trims them (google-research/bert)
+    mask_prob: float = 0.15
+    batch_size: int = 512
+    eval_pairs: int = 1024  # held out from training for the MLM/NSP evaluation (0: none)
+    seed: int = 0
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.eval_pairs < 0:
+            raise ValueError(f"eval_pairs must be >= 0, got {self.eval_pairs}")
+
+
+class LossLog(nn.Module):
+    """Passes batches to the model and keeps each training step's MLM and NSP losses (D2L reports their
+    mean over the run; the training loop logs only the total)."""
+
+    def __init__(self, model: BertForPreTraining) -> None:
+        super().__init__()
+        self.model = model
+        self.mlm: list[float] = []
+        self.nsp: list[float] = []
+
+    def forward(self, batch):
+        out = self.model(batch)
+        if self.training:
+            self.mlm.append(out.mlm_loss.item())
+            self.nsp.append(out.nsp_loss.item())
+        return out
+
+
+def _path(data_dir: str | None, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else resolve_data_dir(data_dir) / p
+
+
+def main(cfg: PretrainConfig) -> dict:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    t0 = time.perf_counter()
+
+    # ---- corpus -> tokenizer -> sentence pairs
+    path = _path(cfg.data_dir, cfg.corpus.path)
+    if cfg.corpus.source == "wikitext":
+        documents = read_wikitext(path, cfg.corpus.lowercase, cfg.corpus.detokenize)
+    else:
+        documents = read_text_folder(path, lowercase=cfg.corpus.lowercase)
+    documents = documents[: cfg.corpus.max_documents]
+    sentences = [s for doc in documents for s in doc]
+    if cfg.tokenizer.kind == "word":
+        tokenizer = train_word_level(sentences, cfg.tokenizer.min_frequency)
+    elif cfg.tokenizer.kind == "wordpiece":
+        tokenizer = train_wordpiece(sentences, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    else:
+        tokenizer = load_tokenizer(_path(cfg.data_dir, cfg.tokenizer.path))
+    specials = special_ids(tokenizer)
+    pairs = make_nsp_pairs(
+        tokenize_documents(tokenizer, documents), specials, cfg.max_len, cfg.seed, cfg.drop_long
+    )
+    n = len(pairs["next_sentence_label"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    n_eval = min(cfg.eval_pairs, n // 10)
+    eval_pairs = {k: v[order[:n_eval]] for k, v in pairs.items()}
+    train_pairs = {k: v[order[n_eval:]] for k, v in pairs.items()}
+
+    # ---- model
+    vocab_size = tokenizer.get_vocab_size()
+    m = cfg.model
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        intermediate_size=m.intermediate_size,
+        max_len=cfg.max_len,
+        dropout=m.dropout,
+        attention_dropout=m.dropout,
+        pad_id=specials.pad,
+        pre_ln=m.pre_ln,
+    )
+    torch.manual_seed(cfg.seed)
+    model = BertForPreTraining(config, nsp=True)
+    logged = LossLog(model)
+
+    # ---- train
+    collate = pretraining_collate(specials, vocab_size, cfg.mask_prob)
+    source = TensorBatchSource(train_pairs, cfg.batch_size, cfg.seed, collate=collate)
+    evaluate = None
+    if n_eval:
+        scores = evaluate_pretraining(eval_pairs, collate, batch_size=256, seed=cfg.seed)
+
+        def evaluate(wrapped: LossLog) -> dict[str, float]:
+            return scores(wrapped.model)
+
+    result = train(logged, source, cfg.train, run_dir, evaluate)
+
+    # ---- save
+    save_text_model(run_dir, model, tokenizer, None)
+    steps = len(logged.mlm)
+    results = {
+        "pairs_train": n - n_eval,
+        "pairs_eval": n_eval,
+        "vocab_size": vocab_size,
+        "steps": result.step,
+        "stop_reason": result.stop_reason,
+        "train_seconds": round(result.seconds, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "mlm_loss_mean": sum(logged.mlm) / steps if steps else None,  # D2L's figure: mean over the run
+        "nsp_loss_mean": sum(logged.nsp) / steps if steps else None,
+        "mlm_loss_last": logged.mlm[-1] if steps else None,
+        "eval": result.last_eval,
+        "bert": asdict(config),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", required=True, help="a YAML file, e.g. recipes/text_pretrain_wikitext2.yaml"
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.max_steps=10")
+    args = parser.parse_args()
+    print(json.dumps(main(load_config(PretrainConfig, args.config, args.overrides)), indent=2))

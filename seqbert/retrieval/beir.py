@@ -1,0 +1,85 @@
+"""BEIR-format retrieval data: `corpus.jsonl`, `queries.jsonl`, `qrels/{split}.tsv` (Thakur et al. 2021).
+
+corpus lines are `{"_id", "title", "text", ...}`, query lines `{"_id", "text", ...}`, qrels a
+tab-separated `query-id  corpus-id  score` table with a header (BEIR writes CRLF line endings; both are
+read). Every id stays a string, as in BEIR, so numeric-looking ids never lose leading zeros.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BeirData:
+    doc_ids: list[str]  # corpus order
+    doc_texts: list[str]  # "title text" (BEIR's default title + " " + text), corpus order
+    queries: dict[str, str]  # query id -> text, only the queries judged in the split
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+
+
+def _read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: missing (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
+        )
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from e
+            missing = [k for k in keys if k not in row]
+            if not isinstance(row, dict) or missing:
+                raise ValueError(f"{path}:{n}: expected an object with keys {list(keys)}, missing {missing}")
+            rows.append(row)
+    return rows
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """`query-id \\t corpus-id \\t score` with a header line -> {query id: {doc id: score}}."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing qrels file")
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if n == 1 and parts[0] == "query-id":
+                continue
+            if parts == [""]:
+                continue
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{n}: expected 3 tab-separated fields (query-id, corpus-id, score)")
+            try:
+                score = int(parts[2])
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: score {parts[2]!r} is not an integer") from e
+            qrels.setdefault(parts[0], {})[parts[1]] = score
+    return qrels
+
+
+def load_beir(directory: str | Path, split: str = "test") -> BeirData:
+    """Read a BEIR dataset directory; keep only the queries judged in `qrels/{split}.tsv`."""
+    directory = Path(directory)
+    qrels = read_qrels(directory / "qrels" / f"{split}.tsv")
+    corpus = _read_jsonl(directory / "corpus.jsonl", ("_id", "text"))
+    doc_ids = [str(r["_id"]) for r in corpus]
+    doc_texts = [f"{r['title']} {r['text']}" if r.get("title") else r["text"] for r in corpus]
+    all_queries = {
+        str(r["_id"]): r["text"] for r in _read_jsonl(directory / "queries.jsonl", ("_id", "text"))
+    }
+    unknown_q = [q for q in qrels if q not in all_queries]
+    if unknown_q:
+        raise ValueError(f"{directory}/qrels/{split}.tsv: query ids not in queries.jsonl: {unknown_q[:5]}")
+    known_docs = set(doc_ids)
+    unknown_d = sorted({d for rel in qrels.values() for d in rel if d not in known_docs})
+    if unknown_d:
+        raise ValueError(f"{directory}/qrels/{split}.tsv: corpus ids not in corpus.jsonl: {unknown_d[:5]}")
+    queries = {q: all_queries[q] for q in qrels}
+    return BeirData(doc_ids=doc_ids, doc_texts=doc_texts, queries=queries, qrels=qrels)

