@@ -58,7 +58,9 @@ def tiny_world(root: Path) -> tuple[Path, Path, Path]:
     for split, rows in (("test", range(4)), ("train", range(4, 12))):
         lines = "".join(f"q{i}\td{i}\t1\r\n" for i in rows)
         (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + lines)
-    config = BertConfig(vocab_size=45, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24, max_len=64)
+    config = BertConfig(
+        vocab_size=45, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24, max_len=64
+    )
     torch.manual_seed(0)
     encoder, reranker = root / "encoder", root / "reranker"
     save_hf_model(Bert(config), encoder)
