@@ -139,15 +139,34 @@ def best_ann(row: dict, min_recall: float = 0.95) -> dict:
 
 
 def scifact_summary(path: Path) -> dict:
+    """The headline SciFact numbers from recipes/scifact_pipeline.py's results.json; a reranker's figure is
+    its best first stage (the stage name says which)."""
     report = json.loads(path.read_text())
     stages = report["stages"]
-    seqbert = [s for s in stages if s.startswith("rerank_seqbert")]
+
+    def best_of(prefix: str, fused: bool = False) -> tuple[float | None, str | None]:
+        names = [s for s in stages if s.startswith(prefix) and s.endswith("+rrf") == fused]
+        top = max(names, key=lambda s: stages[s]["ndcg@10"], default=None)
+        return (stages[top]["ndcg@10"] if top else None), top
+
+    seqbert, seqbert_stage = best_of("rerank_seqbert")
+    msmarco, msmarco_stage = best_of("rerank_msmarco")
+    seqbert_fused, seqbert_fused_stage = best_of("rerank_seqbert", fused=True)
+    msmarco_fused, msmarco_fused_stage = best_of("rerank_msmarco", fused=True)
     return {
         "bm25_ndcg@10": stages["bm25"]["ndcg@10"],
         "dense_ndcg@10": stages["dense"]["ndcg@10"],
+        "hybrid_ndcg@10": stages["hybrid"]["ndcg@10"],
         "best_ndcg@10": stages[report["best_pipeline"]]["ndcg@10"],
         "best_pipeline": report["best_pipeline"],
-        "seqbert_reranker_ndcg@10": stages[seqbert[0]]["ndcg@10"] if seqbert else None,
+        "seqbert_reranker_ndcg@10": seqbert,
+        "seqbert_reranker_pipeline": seqbert_stage,
+        "msmarco_reranker_ndcg@10": msmarco,
+        "msmarco_reranker_pipeline": msmarco_stage,
+        "seqbert_reranker_rrf_ndcg@10": seqbert_fused,
+        "seqbert_reranker_rrf_pipeline": seqbert_fused_stage,
+        "msmarco_reranker_rrf_ndcg@10": msmarco_fused,
+        "msmarco_reranker_rrf_pipeline": msmarco_fused_stage,
         "stages": stages,
     }
 

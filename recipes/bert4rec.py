@@ -135,7 +135,9 @@ def test_protocols(ds: inter.SequenceDataset, out: Path, seed: int) -> dict:
 
 
 def run_protocols(score_fn, test: dict, vocab_size: int, batch_size: int) -> dict[str, dict[str, float]]:
-    common = dict(num_items=vocab_size, batch_size=batch_size, exclude_ids=(PAD_ID, MASK_ID))
+    common = dict(
+        num_items=vocab_size, batch_size=batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True
+    )
     out = {"full": evaluate_ranking(score_fn, test["histories"], test["targets"], **common).metrics}
     for name, cands in test["negatives"].items():
         out[name] = evaluate_ranking(
@@ -177,23 +179,28 @@ def main(cfg: RecipeConfig, out: Path, data_dir: str | None = None) -> dict:
     valid_targets = ds.valid_targets[has_valid]
     test = test_protocols(ds, out, cfg.eval.negatives_seed)
     curve_path = out / "curve.jsonl"
+    # a resumed run continues the curve: its seconds count on from the last point already written
+    previous = curve_path.read_text().splitlines() if curve_path.exists() else []
+    t_offset = json.loads(previous[-1])["seconds"] if previous else 0.0
 
     def score_fn(histories):
         return score_histories(model, histories)
 
     def evaluate(_model) -> dict[str, float]:
-        common = dict(num_items=V, batch_size=cfg.eval.batch_size, exclude_ids=(PAD_ID, MASK_ID))
+        common = dict(
+            num_items=V, batch_size=cfg.eval.batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True
+        )
         res = evaluate_ranking(score_fn, valid_hist, valid_targets, ks=(10,), **common).metrics
         metrics = {"valid_ndcg@10": res["ndcg@10"], "valid_hr@10": res["hr@10"]}
         if cfg.eval.curve:
             t = evaluate_ranking(score_fn, test["histories"], test["targets"], ks=(10,), **common).metrics
             metrics.update({"test_ndcg@10": t["ndcg@10"], "test_hr@10": t["hr@10"]})
             with curve_path.open("a") as f:
-                f.write(json.dumps({"seconds": time.time() - t_start, **metrics}) + "\n")
+                f.write(json.dumps({"seconds": t_offset + time.time() - t_start, **metrics}) + "\n")
         return metrics
 
     result = train(model, source, cfg.train, out / "train", evaluate=evaluate)
-    train_seconds = time.time() - t_start
+    train_seconds = t_offset + time.time() - t_start  # cumulative over resumed calls
     print(f"training stopped ({result.stop_reason}) at step {result.step} after {train_seconds:.0f} s")
 
     model.eval()
@@ -210,6 +217,7 @@ def main(cfg: RecipeConfig, out: Path, data_dir: str | None = None) -> dict:
             num_items=V,
             batch_size=cfg.eval.batch_size,
             exclude_ids=(PAD_ID, MASK_ID),
+            sort_by_length=True,
         )
     eval_seconds_full = time.time() - t0
     pop = MostPop(ds.train_sequences, V)

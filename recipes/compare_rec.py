@@ -65,7 +65,11 @@ def main(runs: dict[str, Path], out: Path, protocol: str, baseline: str, batch_s
                     f"{run_dir}: its vocabulary differs from {first}'s: runs must share one dataset"
                 )
             results[name] = evaluate_ranking(
-                lambda h, model=model: score_histories(model, h), test["histories"], test["targets"], **common
+                lambda h, model=model: score_histories(model, h),
+                test["histories"],
+                test["targets"],
+                sort_by_length=True,
+                **common,
             )
         pop = MostPop(ds.train_sequences, V)
         results["MostPop"] = evaluate_ranking(

@@ -5,8 +5,10 @@ Stages, each evaluated on the split's queries (test: 300):
   dense      all-MiniLM-L6-v2 mean-pooled, L2-normalised embeddings (seqbert `encode`) in a Faiss Flat-IP index
   hybrid     reciprocal-rank fusion of bm25 and dense: s(d) = sum_r 1 / (rrf_k + rank_r(d)), rrf_k = 60
              (Cormack et al. 2009)
-  rerank_*   a cross-encoder rescoring the top `rerank_depth` of `rerank_source`; the rest of the first
+  rerank_*   a cross-encoder rescoring the top `rerank_depth` of each of `rerank_sources`; the rest of the first
              stage's list follows unchanged, so Recall@100 equals the first stage's when depth < 100
+  *+rrf      (fuse_rerank) a reranked list fused with its own first stage by the same RRF: the cross-encoder
+             and the first stage make different errors; no weight is tuned
 Latency is wall-clock per query on this machine (p50/p95 ms) for the stage's own work, plus the
 cumulative pipeline latency. Corpus embeddings and cross-encoder scores are cached under `cache_dir`,
 so a run cut by `time_budget_s` (CPU budgets) continues where it stopped on the next call.
@@ -49,8 +51,9 @@ class ScifactConfig:
     finetuned_dir: str | None = None  # reranker fine-tuned by recipes/scifact_finetune.py; None: skip
     depth: int = 100  # first-stage list length (Recall@100 needs 100)
     rrf_k: int = 60
-    rerank_source: str = "hybrid"  # "bm25" | "dense" | "hybrid"
+    rerank_sources: tuple[str, ...] = ("hybrid",)  # first stages to rerank: "bm25", "dense", "hybrid"
     rerank_depth: int = 100
+    fuse_rerank: bool = True  # also report each reranking fused with its first stage by RRF ("+rrf")
     rerank_max_len: int = 256  # SciFact abstracts average ~300 word pieces: 256 keeps most of each
     rerank_batch_size: int = 16
     embed_max_len: int = 256  # all-MiniLM-L6-v2's max_seq_length
@@ -61,8 +64,11 @@ class ScifactConfig:
     threads: int | None = None  # torch intra-op threads; None: torch's default
 
     def __post_init__(self) -> None:
-        if self.rerank_source not in ("bm25", "dense", "hybrid"):
-            raise ValueError(f"rerank_source must be 'bm25', 'dense' or 'hybrid', got {self.rerank_source!r}")
+        bad = [x for x in self.rerank_sources if x not in ("bm25", "dense", "hybrid")]
+        if bad or not self.rerank_sources:
+            raise ValueError(
+                f"rerank_sources must name 'bm25', 'dense' and/or 'hybrid', got {self.rerank_sources!r}"
+            )
         for name in (
             "depth",
             "rrf_k",
@@ -183,30 +189,39 @@ def rerank_stage(
     first: np.ndarray,
     t_start: float,
 ) -> tuple[np.ndarray, list[float], int]:
-    """Rescore the top `rerank_depth` rows of `first`; cached per (model, source, depth, max_len) and query."""
-    tag = f"{name}_{fingerprint(model_dir)}_{cfg.rerank_source}{cfg.rerank_depth}_len{cfg.rerank_max_len}"
-    cache_path = Path(cfg.cache_dir) / f"rerank_{tag}.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    """Rescore the top `rerank_depth` rows of `first` -> (ranked (Q, depth), seconds per query, queries done).
+
+    Scores are cached per (model, max_len) and (query, document) pair, so first stages that share
+    candidates share the work. A pair's seconds are its batch's time / batch size; a query's latency is
+    the sum over its candidates (the time to score them in one go, amortised).
+    """
+    cache_path = Path(cfg.cache_dir) / f"pairs_{name}_{fingerprint(model_dir)}_len{cfg.rerank_max_len}.json"
+    cache: dict[str, dict[str, list[float]]] = (
+        json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    )
     model, tokenizer, fresh = load_cross_encoder(model_dir)
     if fresh:
         raise ValueError(f"{model_dir}: not a trained reranker, fresh parameters {fresh}")
-    out, seconds = first.copy(), []
-    done = 0
+    out, seconds, done, fresh_queries = first.copy(), [], 0, 0
     for row, q in enumerate(qids):
-        cand = [data.doc_ids[i] for i in first[row, : cfg.rerank_depth]]
-        hit = cache.get(q)
-        if hit is None or hit["doc_ids"] != cand:
+        rows = first[row, : cfg.rerank_depth]
+        known = cache.setdefault(q, {})
+        todo = [i for i in rows if data.doc_ids[i] not in known]
+        if todo:
             if cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s:
                 continue
             t0 = time.perf_counter()
-            s = rerank(model, tokenizer, data.queries[q], [data.doc_texts[i] for i in first[row, : cfg.rerank_depth]],
+            s = rerank(model, tokenizer, data.queries[q], [data.doc_texts[i] for i in todo],
                        cfg.rerank_batch_size, cfg.rerank_max_len)  # fmt: skip
-            hit = cache[q] = {"doc_ids": cand, "scores": s.tolist(), "seconds": time.perf_counter() - t0}
-            if len(cache) % 10 == 0:
+            per_pair = (time.perf_counter() - t0) / len(todo)
+            known.update({data.doc_ids[i]: [float(v), per_pair] for i, v in zip(todo, s)})
+            fresh_queries += 1
+            if fresh_queries % 10 == 0:
                 cache_path.write_text(json.dumps(cache))
-        order = np.argsort(-np.asarray(hit["scores"]), kind="stable")
-        out[row, : cfg.rerank_depth] = first[row, : cfg.rerank_depth][order]
-        seconds.append(hit["seconds"])
+        hits = [known[data.doc_ids[i]] for i in rows]
+        order = np.argsort([-h[0] for h in hits], kind="stable")
+        out[row, : cfg.rerank_depth] = rows[order]
+        seconds.append(sum(h[1] for h in hits))
         done += 1
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache_path.write_text(json.dumps(cache))
@@ -259,17 +274,28 @@ def main(cfg: ScifactConfig) -> dict:
     t_fuse = (time.perf_counter() - t0) / len(qids)  # fusion is batched: its per-query share
     t_hybrid = [a + b + t_fuse for a, b in zip(t_bm25, t_dense)]
     stages["hybrid"] = {"ranked": hybrid, "own": [t_fuse] * len(qids), "total": t_hybrid}
-    source = stages[cfg.rerank_source]
-    for name, model_dir in (("rerank_msmarco", cfg.reranker_dir), ("rerank_seqbert", cfg.finetuned_dir)):
-        if model_dir is None:
-            continue
-        ranked, t_own, done = rerank_stage(cfg, name, model_dir, data, qids, source["ranked"], t_start)
-        if done < len(qids):  # no results.json until every stage is complete: a driver loops on it
-            print(f"{name}: {done}/{len(qids)} queries scored within the time budget; run again to continue")
-            return {"incomplete": name, "scored": done}
-        stages[f"{name}@{cfg.rerank_source}{cfg.rerank_depth}"] = {
-            "ranked": ranked, "own": t_own, "total": [a + b for a, b in zip(source["total"], t_own)]
-        }  # fmt: skip
+    rerankers = (("rerank_msmarco", cfg.reranker_dir), ("rerank_seqbert", cfg.finetuned_dir))
+    for name, model_dir in [(n, d) for n, d in rerankers if d is not None]:
+        for source_name in cfg.rerank_sources:
+            source = stages[source_name]
+            ranked, t_own, done = rerank_stage(cfg, name, model_dir, data, qids, source["ranked"], t_start)
+            if done < len(qids):  # no results.json until every stage is complete: a driver loops on it
+                print(
+                    f"{name}@{source_name}: {done}/{len(qids)} queries scored in the time budget; run again"
+                )
+                return {"incomplete": f"{name}@{source_name}", "scored": done}
+            stage = f"{name}@{source_name}{cfg.rerank_depth}"
+            total = [a + b for a, b in zip(source["total"], t_own)]
+            stages[stage] = {"ranked": ranked, "own": t_own, "total": total}
+            if cfg.fuse_rerank:  # RRF of the first stage and its reranking: no tuned weight, same rrf_k
+                t0 = time.perf_counter()
+                fused = rrf([source["ranked"], ranked], cfg.rrf_k, cfg.depth)
+                t_f = (time.perf_counter() - t0) / len(qids)
+                stages[f"{stage}+rrf"] = {
+                    "ranked": fused,
+                    "own": [t_f] * len(qids),
+                    "total": [a + t_f for a in total],
+                }
 
     report = {"dataset": cfg.dataset, "split": cfg.split, "queries": len(qids), "stages": {}}
     for name, s in stages.items():

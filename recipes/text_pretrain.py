@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seqbert.config import config_to_dict, load_config
@@ -33,7 +34,7 @@ from seqbert.data.text import (
     train_wordpiece,
 )
 from seqbert.model.bert import BertConfig
-from seqbert.model.heads import BertForPreTraining
+from seqbert.model.heads import IGNORE_INDEX, BertForPreTraining, PreTrainingOutput, gather_masked
 from seqbert.tasks.text import evaluate_pretraining, pretraining_collate, save_text_model
 from seqbert.training.data import TensorBatchSource
 from seqbert.training.loop import TrainConfig, train
@@ -86,6 +87,9 @@ class PretrainConfig:
     max_len: int = 64  # tokens per pair, [CLS] and both [SEP] included
     drop_long: bool = True  # D2L drops pairs longer than max_len; False trims them (google-research/bert)
     mask_prob: float = 0.15
+    # "masked": MLM cross-entropy over the masked tokens only (correct). "d2l_pytorch": D2L's PyTorch
+    # formula, for comparison with its printed numbers only (see D2LLoss).
+    mlm_loss: str = "masked"
     batch_size: int = 512
     eval_pairs: int = 1024  # held out from training for the MLM/NSP evaluation (0: none)
     seed: int = 0
@@ -98,23 +102,66 @@ class PretrainConfig:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.eval_pairs < 0:
             raise ValueError(f"eval_pairs must be >= 0, got {self.eval_pairs}")
+        if self.mlm_loss not in ("masked", "d2l_pytorch"):
+            raise ValueError(f"mlm_loss must be 'masked' or 'd2l_pytorch', got {self.mlm_loss!r}")
 
 
 class LossLog(nn.Module):
     """Passes batches to the model and keeps each training step's MLM and NSP losses (D2L reports their
     mean over the run; the training loop logs only the total)."""
 
-    def __init__(self, model: BertForPreTraining) -> None:
+    def __init__(self, model: BertForPreTraining, loss: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self.loss = loss  # a module computing the output from the batch instead of `model` (D2LLoss)
         self.mlm: list[float] = []
         self.nsp: list[float] = []
+        self.masked_mlm: list[float] = []
 
     def forward(self, batch):
-        out = self.model(batch)
+        out = (self.loss or self.model)(batch)
         if self.training:
             self.mlm.append(out.mlm_loss.item())
             self.nsp.append(out.nsp_loss.item())
+            self.masked_mlm.append(getattr(out, "masked_mlm_loss", out.mlm_loss).item())
+        return out
+
+
+class D2LLoss(nn.Module):
+    """D2L §15.10's PyTorch MLM loss, reproduced to explain its printed figure -- not for real training.
+
+    D2L gives each pair `slots` = round(max_len * 0.15) prediction slots; unused ones point at position 0
+    ([CLS]) with label 0 (D2L's <unk>) and weight 0. But with `nn.CrossEntropyLoss()` (mean reduction)
+    `loss(y_hat, y) * weights.reshape(-1, 1)` multiplies one scalar by the weights, and dividing the sum by
+    sum(weights) leaves the plain mean over ALL B * slots slots, padded ones included:
+
+        d2l_mlm = ( sum_masked CE(y | h_i) + sum_b pad_b * CE(<unk> | h_cls_b) ) / (B * slots)
+
+    Predicting <unk> at [CLS] is trivial, so the padded slots pull the figure far below the real MLM loss.
+    The returned output's `mlm_loss` is this formula; `masked_mlm_loss` keeps the correct one.
+    """
+
+    def __init__(self, model: BertForPreTraining, slots: int, unk_id: int) -> None:
+        super().__init__()
+        self.model, self.slots, self.unk_id = model, slots, unk_id
+
+    def forward(self, batch):
+        m = self.model
+        hidden = m.bert(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        labels = batch["labels"]  # (B, L)
+        B = len(labels)
+        pad_slots = (self.slots - (labels != IGNORE_INDEX).sum(1)).clamp(min=0)  # (B,)
+        rows, targets = gather_masked(hidden, labels)  # (M, H), (M,)
+        logits = m.mlm(torch.cat([rows, hidden[:, 0]]))  # (M + B, V)
+        ce = F.cross_entropy(
+            logits.float(), torch.cat([targets, targets.new_full((B,), self.unk_id)]), reduction="none"
+        )  # fmt: skip  (M + B,)
+        weights = torch.cat([torch.ones_like(targets, dtype=ce.dtype), pad_slots.to(ce.dtype)])  # (M + B,)
+        d2l_mlm = (ce * weights).sum() / (B * self.slots)
+        nsp_logits = m.nsp(m.pooler(hidden))  # (B, 2)
+        nsp = F.cross_entropy(nsp_logits, batch["next_sentence_label"])
+        out = PreTrainingOutput(logits[: len(targets)], targets, nsp_logits, d2l_mlm + nsp, d2l_mlm, nsp)
+        out.masked_mlm_loss = ce[: len(targets)].mean()
         return out
 
 
@@ -170,7 +217,12 @@ def main(cfg: PretrainConfig) -> dict:
     )
     torch.manual_seed(cfg.seed)
     model = BertForPreTraining(config, nsp=True)
-    logged = LossLog(model)
+    d2l = (
+        D2LLoss(model, round(cfg.max_len * cfg.mask_prob), specials.unk)
+        if cfg.mlm_loss == "d2l_pytorch"
+        else None
+    )
+    logged = LossLog(model, d2l)
 
     # ---- train
     collate = pretraining_collate(specials, vocab_size, cfg.mask_prob)
@@ -195,7 +247,9 @@ def main(cfg: PretrainConfig) -> dict:
         "stop_reason": result.stop_reason,
         "train_seconds": round(result.seconds, 2),
         "seconds": round(time.perf_counter() - t0, 2),
+        "mlm_loss": cfg.mlm_loss,
         "mlm_loss_mean": sum(logged.mlm) / steps if steps else None,  # D2L's figure: mean over the run
+        "masked_mlm_loss_mean": sum(logged.masked_mlm) / steps if steps else None,  # the correct loss
         "nsp_loss_mean": sum(logged.nsp) / steps if steps else None,
         "mlm_loss_last": logged.mlm[-1] if steps else None,
         "eval": result.last_eval,

@@ -1,4 +1,4 @@
-"""The `seqbert` command: data preparation, recommendation, evaluation, text predictions.
+"""The `seqbert` command: data preparation, recommendation, two-stage pipelines, evaluation, text predictions.
 
 Training runs through the recipes (`python recipes/bert4rec.py --config ...`), which are scripts, not
 framework code; the command serves what they produce.
@@ -12,6 +12,8 @@ import sys
 
 from seqbert.data.cli import add_data_parser, run_data
 from seqbert.evaluation.cli import add_evaluate_parser, run_evaluate
+from seqbert.pipeline import add_pipeline_parser, run_pipeline_cli
+from seqbert.training.checkpoint import CheckpointError
 
 
 def add_recommend_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_evaluate_parser(sub)
     add_recommend_parser(sub)
+    add_pipeline_parser(sub)
     try:
         from seqbert.tasks.text import add_text_parsers
     except ImportError:  # text extras missing: the other commands still work
@@ -59,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_evaluate(args)
         if args.command == "recommend":
             return run_recommend(args)
+        if args.command == "pipeline":
+            return run_pipeline_cli(args)
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, CheckpointError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
 

@@ -85,13 +85,16 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.max_len = config.max_len
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, position_offset: int = 0
+    ) -> torch.Tensor:
         B, L = input_ids.shape
-        if L > self.max_len:
+        if position_offset + L > self.max_len:
             raise ValueError(
-                f"input length {L} exceeds BertConfig.max_len={self.max_len}; truncate or window it"
+                f"input length {L} (+ position offset {position_offset}) exceeds BertConfig.max_len="
+                f"{self.max_len}; truncate or window it"
             )
-        x = self.word(input_ids) + self.position.weight[:L]  # (B, L, H)
+        x = self.word(input_ids) + self.position.weight[position_offset : position_offset + L]  # (B, L, H)
         if self.segment is not None:
             # no token_type_ids means "all segment 0", as in Hugging Face BERT
             x = x + (self.segment.weight[0] if token_type_ids is None else self.segment(token_type_ids))
@@ -205,10 +208,13 @@ class Bert(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_offset: int = 0,
     ) -> torch.Tensor:
+        """Hidden states (B, L, H). `position_offset` shifts the learned positions: columns hold positions
+        offset .. offset + L - 1, so a left-padded batch can drop its shared leading padding exactly."""
         B, L = input_ids.shape
         allowed = attention_bias(attention_mask, self.config.causal, L, input_ids.device)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, L, H)
+        x = self.embeddings(input_ids, token_type_ids, position_offset)  # (B, L, H)
         for layer in self.layers:
             x = layer(x, allowed)  # (B, L, H)
         return x if self.final_norm is None else self.final_norm(x)  # (B, L, H)

@@ -46,3 +46,75 @@ def query_vectors(transformed_hidden: torch.Tensor) -> np.ndarray:
     t = transformed_hidden.detach().float().cpu()  # (B, H)
     q = torch.cat([t, torch.ones(len(t), 1)], dim=1)  # (B, H+1)
     return np.ascontiguousarray(q.numpy())
+
+
+# ---------------------------------------------------------------------------------- two-stage building blocks
+# Stage functions for `seqbert.pipeline.run_two_stage` over a trained recommender (`SeqRecommender`):
+# queries are item histories (internal ids), results are internal item ids; seen items are excluded.
+
+
+def model_retriever(model, depth: int, config=None):
+    """Inner-product search over the model's folded item vectors [e_i, b_i] with queries [t(h), 1]: the
+    model's own top-`depth` (exactly so with a Flat index; IVF / HNSW approximate it)."""
+    from seqbert.data.vocab import FIRST_ITEM_ID
+    from seqbert.retrieval.index import IndexConfig, build_index, search
+    from seqbert.tasks.bert4rec import query_states
+
+    items = np.arange(FIRST_ITEM_ID, model.config.vocab_size)
+    xb, ids = item_vectors(model.head.decoder.weight, model.head.decoder.bias, items)  # (N, H+1)
+    index = build_index(xb, config or IndexConfig(), ids=ids)
+
+    @torch.no_grad()
+    def retrieve(histories):
+        xq = query_vectors(query_states(model, histories))  # (B, H+1)
+        return search(index, xq, depth, exclude=histories)[1]  # (B, K)
+
+    return retrieve
+
+
+def recent_items_retriever(model, depth: int, recent_items: int = 20, decay: float = 0.8):
+    """Item-to-item retrieval, no transformer: the query is the recency-weighted mean of the L2-normalised
+    item embeddings of the last `recent_items` items (weight decay^age, newest 1), searched in a Flat
+    inner-product index over the normalised embeddings of the catalogue."""
+    from seqbert.data.vocab import FIRST_ITEM_ID
+    from seqbert.retrieval.index import IndexConfig, build_index, search
+
+    if recent_items < 1 or not 0 < decay <= 1:
+        raise ValueError(f"recent_items must be >= 1 and decay in (0, 1], got {recent_items}, {decay}")
+    items = np.arange(FIRST_ITEM_ID, model.config.vocab_size)
+    E = torch.nn.functional.normalize(model.bert.embeddings.word.weight.detach().float(), dim=-1).numpy()
+    index = build_index(E[items], IndexConfig(factory="Flat"), ids=items)
+    w = decay ** np.arange(recent_items)[::-1]  # (recent_items,) oldest .. newest
+
+    def retrieve(histories):
+        xq = np.stack(
+            [(w[-len(h[-recent_items:]) :, None] * E[h[-recent_items:]]).sum(0) for h in histories]
+        )  # fmt: skip  (B, H)
+        return search(index, xq, depth, exclude=histories)[1]  # (B, K)
+
+    return retrieve
+
+
+def model_reranker(model):
+    """The model scoring only the retrieved candidates (`candidate_scores`)."""
+    from seqbert.tasks.bert4rec import candidate_scores
+
+    @torch.no_grad()
+    def rerank(histories, candidates):
+        return candidate_scores(model, histories, candidates).cpu().numpy()  # (B, K)
+
+    return rerank
+
+
+def full_ranking(model, depth: int):
+    """The reference: the model's exact top-`depth` over the whole catalogue, seen items excluded."""
+    from seqbert.tasks.bert4rec import score_histories
+
+    @torch.no_grad()
+    def ranked(histories):
+        scores = score_histories(model, histories)  # (B, V), specials already -inf
+        for row, h in enumerate(histories):
+            scores[row, torch.from_numpy(np.asarray(h, dtype=np.int64))] = float("-inf")
+        return scores.topk(depth, dim=1).indices.cpu().numpy()  # (B, D)
+
+    return ranked

@@ -230,10 +230,21 @@ class SeqRecommender(nn.Module):
         loss = -(beta * F.logsigmoid(pos)).sum(-1) - F.logsigmoid(-neg).sum(-1)  # (M,); -inf negatives give 0
         return RecOutput(loss.mean(), logits)
 
+    def query_hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Encoder output (B, H) at the query position (the last column) of left-padded inputs.
+
+        Leading columns that are padding in every row are dropped first and the positions shifted to
+        match, which changes no real position's output (padding keys are masked) but saves their work:
+        with batches of similar length (`evaluate_ranking(sort_by_length=True)`) most of it.
+        """
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, L)
+        first = int(mask.any(0).to(torch.int8).argmax())  # first column holding an item in some row
+        hidden = self.bert(ids[:, first:], mask[:, first:], position_offset=first)  # (B, L - first, H)
+        return hidden[:, -1]  # (B, H)
+
     def score(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores over the whole vocabulary (B, V) at the query position (the last column)."""
-        hidden = self.bert(inputs["input_ids"], inputs["attention_mask"])  # (B, L, H)
-        return self.catalogue_logits(hidden[:, -1])  # (B, V)
+        return self.catalogue_logits(self.query_hidden(inputs))  # (B, V)
 
 
 def score_histories(
@@ -243,6 +254,38 @@ def score_histories(
     device = device or next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in make_inputs(histories, model.rec_config).items()}
     return model.score(inputs)
+
+
+def query_states(
+    model: SeqRecommender, histories: Sequence[np.ndarray], device: torch.device | None = None
+) -> torch.Tensor:
+    """t(h) (B, H): the head's transformed hidden state at the query position, so that the catalogue
+    scores are t(h) @ E^T + b. With `seqbert.retrieval.items.query_vectors` it is a Faiss query."""
+    device = device or next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in make_inputs(histories, model.rec_config).items()}
+    return model.transformed(model.query_hidden(inputs))  # (B, H)
+
+
+def candidate_scores(
+    model: SeqRecommender, histories: Sequence[np.ndarray], candidates: np.ndarray | torch.Tensor
+) -> torch.Tensor:
+    """The model's scores (B, K) of only the candidate ids (B, K) -- a reranker for retrieved candidates.
+
+    Equal to `score_histories(...)` gathered at the candidates, without the (B, V) catalogue product.
+    Padding ids (< 0) and special ids score -inf; ids >= V raise.
+    """
+    V = model.config.vocab_size
+    cand = torch.as_tensor(np.asarray(candidates), dtype=torch.long)  # (B, K)
+    if cand.ndim != 2 or len(cand) != len(histories):
+        raise ValueError(f"candidates must be ({len(histories)}, K), got {tuple(cand.shape)}")
+    if cand.numel() and cand.max() >= V:
+        raise ValueError(f"candidate id {int(cand.max())} is outside the vocabulary of {V} ids")
+    t = query_states(model, histories)  # (B, H)
+    weight, bias = model.head.decoder.weight, model.head.decoder.bias
+    safe = cand.clamp(min=0).to(t.device)  # (B, K)
+    scores = torch.einsum("bh,bkh->bk", t, weight[safe]) + bias[safe]  # (B, K)
+    invalid = (cand < 0).to(t.device) | model.special[safe]
+    return scores.masked_fill(invalid, float("-inf"))
 
 
 @torch.no_grad()

