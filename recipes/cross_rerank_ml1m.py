@@ -20,15 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from seqbert.config import config_to_dict, load_config
 from seqbert.data.interactions import load_prepared
-from seqbert.data.vocab import NO_TARGET
 from seqbert.pipeline import PipelineConfig, format_report, run_two_stage
 from seqbert.retrieval.index import IndexConfig
-from seqbert.retrieval.items import full_ranking, model_reranker, model_retriever
+from seqbert.retrieval.items import full_ranking, model_reranker, model_retriever, test_queries
 from seqbert.tasks.bert4rec import load_recommender, score_histories
 from seqbert.tasks.item_rerank import CrossRecReranker, cross_reranker, hard_negative_examples
 from seqbert.training.checkpoint import save_model
@@ -79,12 +77,7 @@ def main(cfg: CrossRerankConfig, out: Path, merge: bool = True) -> dict:
         out / "model", model, {"bert": dataclasses.asdict(model.bert.config), "max_len": model.max_len}
     )
 
-    users = np.flatnonzero(ds.test_targets != NO_TARGET)
-    if cfg.max_users and cfg.max_users < len(users):
-        users = np.sort(np.random.default_rng(0).choice(users, cfg.max_users, replace=False))
-    inputs = ds.test_inputs()
-    queries = [inputs[u] for u in users]
-    rel = ds.test_targets[users][:, None]
+    queries, rel = test_queries(ds, cfg.max_users)
     pcfg = PipelineConfig(batch_size=cfg.eval_batch_size, latency_queries=cfg.latency_queries, progress=False)
     retrieve = model_retriever(teacher, cfg.depth, IndexConfig(factory="Flat"))
     reports = {

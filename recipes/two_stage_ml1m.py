@@ -25,15 +25,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from seqbert.config import config_to_dict, load_config
 from seqbert.data.interactions import load_prepared
-from seqbert.data.vocab import NO_TARGET
 from seqbert.pipeline import PipelineConfig, format_report, run_two_stage
 from seqbert.retrieval.index import IndexConfig
-from seqbert.retrieval.items import full_ranking, model_reranker, model_retriever, recent_items_retriever
+from seqbert.retrieval.items import (
+    full_ranking,
+    model_reranker,
+    model_retriever,
+    recent_items_retriever,
+    test_queries,
+)
 from seqbert.tasks.bert4rec import load_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,31 +76,13 @@ class TwoStageConfig:
             raise ValueError("recent_items must be >= 1 and recent_decay in (0, 1]")
 
 
-class Users:
-    """Test queries: row i is (user index, history as internal ids); sliceable as the pipeline expects."""
-
-    def __init__(self, histories: list[np.ndarray]) -> None:
-        self.histories = histories
-
-    def __len__(self) -> int:
-        return len(self.histories)
-
-    def __getitem__(self, s: slice) -> list[np.ndarray]:
-        return self.histories[s]
-
-
 def main(cfg: TwoStageConfig, out: Path, merge: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
     model, vocab = load_recommender(cfg.model_dir)
     ds = load_prepared(Path(cfg.model_dir) / "data")
-    users = np.flatnonzero(ds.test_targets != NO_TARGET)
-    if cfg.max_users and cfg.max_users < len(users):
-        users = np.sort(np.random.default_rng(0).choice(users, cfg.max_users, replace=False))
-    inputs = ds.test_inputs()
-    queries = Users([inputs[u] for u in users])
-    rel_ids = ds.test_targets[users][:, None]  # (Q, 1)
+    queries, rel_ids = test_queries(ds, cfg.max_users)
     sasrec = None
     if "sasrec" in cfg.retrievers:
         sasrec, sasrec_vocab = load_recommender(cfg.sasrec_dir)

@@ -238,9 +238,14 @@ def run_pipeline_cli(args) -> int:
     from pathlib import Path
 
     from seqbert.data.interactions import load_prepared
-    from seqbert.data.vocab import NO_TARGET
     from seqbert.retrieval.index import IndexConfig
-    from seqbert.retrieval.items import full_ranking, model_reranker, model_retriever, recent_items_retriever
+    from seqbert.retrieval.items import (
+        full_ranking,
+        model_reranker,
+        model_retriever,
+        recent_items_retriever,
+        test_queries,
+    )
     from seqbert.tasks.bert4rec import load_recommender
 
     model, vocab = load_recommender(args.run_dir)
@@ -248,11 +253,7 @@ def run_pipeline_cli(args) -> int:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no prepared split next to the model (a recipe run directory?)")
     ds = load_prepared(data_dir)
-    users = np.flatnonzero(ds.test_targets != NO_TARGET)
-    if args.max_users and args.max_users < len(users):
-        users = np.sort(np.random.default_rng(0).choice(users, args.max_users, replace=False))
-    inputs = ds.test_inputs()
-    queries = [inputs[u] for u in users]
+    queries, rel_ids = test_queries(ds, args.max_users)
     if args.retriever == "recent":
         retrieve = recent_items_retriever(model, args.depth)
     else:
@@ -266,10 +267,10 @@ def run_pipeline_cli(args) -> int:
         )
     cfg = PipelineConfig(batch_size=args.batch_size, latency_queries=args.latency_queries)
     report = run_two_stage(
-        queries, ds.test_targets[users][:, None], retrieve, model_reranker(model), full_ranking(model, 100),
+        queries, rel_ids, retrieve, model_reranker(model), full_ranking(model, 100),
         config=cfg,
     )  # fmt: skip
-    print(format_report(report, f"{args.retriever} retriever, depth {args.depth}, {len(users)} users"))
+    print(format_report(report, f"{args.retriever} retriever, depth {args.depth}, {len(queries)} users"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

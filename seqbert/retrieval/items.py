@@ -16,6 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from seqbert.data.vocab import FIRST_ITEM_ID, NO_TARGET
+from seqbert.retrieval.index import IndexConfig, build_index, search
+from seqbert.tasks.bert4rec import candidate_scores, query_states, score_histories
+
 
 def item_vectors(
     embedding_weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | np.ndarray | None = None
@@ -53,13 +57,19 @@ def query_vectors(transformed_hidden: torch.Tensor) -> np.ndarray:
 # queries are item histories (internal ids), results are internal item ids; seen items are excluded.
 
 
+def test_queries(dataset, max_users: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """The test users of a prepared split as pipeline queries -> (histories, rel_ids (Q, 1)); with
+    `max_users`, a seeded subset (seed 0) in user order."""
+    users = np.flatnonzero(dataset.test_targets != NO_TARGET)
+    if max_users and max_users < len(users):
+        users = np.sort(np.random.default_rng(0).choice(users, max_users, replace=False))
+    inputs = dataset.test_inputs()
+    return [inputs[u] for u in users], dataset.test_targets[users][:, None]
+
+
 def model_retriever(model, depth: int, config=None):
     """Inner-product search over the model's folded item vectors [e_i, b_i] with queries [t(h), 1]: the
     model's own top-`depth` (exactly so with a Flat index; IVF / HNSW approximate it)."""
-    from seqbert.data.vocab import FIRST_ITEM_ID
-    from seqbert.retrieval.index import IndexConfig, build_index, search
-    from seqbert.tasks.bert4rec import query_states
-
     items = np.arange(FIRST_ITEM_ID, model.config.vocab_size)
     xb, ids = item_vectors(model.head.decoder.weight, model.head.decoder.bias, items)  # (N, H+1)
     index = build_index(xb, config or IndexConfig(), ids=ids)
@@ -76,9 +86,6 @@ def recent_items_retriever(model, depth: int, recent_items: int = 20, decay: flo
     """Item-to-item retrieval, no transformer: the query is the recency-weighted mean of the L2-normalised
     item embeddings of the last `recent_items` items (weight decay^age, newest 1), searched in a Flat
     inner-product index over the normalised embeddings of the catalogue."""
-    from seqbert.data.vocab import FIRST_ITEM_ID
-    from seqbert.retrieval.index import IndexConfig, build_index, search
-
     if recent_items < 1 or not 0 < decay <= 1:
         raise ValueError(f"recent_items must be >= 1 and decay in (0, 1], got {recent_items}, {decay}")
     items = np.arange(FIRST_ITEM_ID, model.config.vocab_size)
@@ -97,7 +104,6 @@ def recent_items_retriever(model, depth: int, recent_items: int = 20, decay: flo
 
 def model_reranker(model):
     """The model scoring only the retrieved candidates (`candidate_scores`)."""
-    from seqbert.tasks.bert4rec import candidate_scores
 
     @torch.no_grad()
     def rerank(histories, candidates):
@@ -108,7 +114,6 @@ def model_reranker(model):
 
 def full_ranking(model, depth: int):
     """The reference: the model's exact top-`depth` over the whole catalogue, seen items excluded."""
-    from seqbert.tasks.bert4rec import score_histories
 
     @torch.no_grad()
     def ranked(histories):

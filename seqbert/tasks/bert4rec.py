@@ -161,6 +161,12 @@ def make_inputs(histories: Sequence[np.ndarray], config: RecConfig) -> dict[str,
     return {"input_ids": input_ids, "attention_mask": (input_ids != PAD_ID).long()}
 
 
+def shared_left_padding(mask: torch.Tensor) -> int:
+    """Number of leading columns of a left-padded (B, L) mask that are padding in every row: they can be
+    dropped (with positions shifted by as many) without changing any real position's output."""
+    return int(mask.any(0).to(torch.int8).argmax())
+
+
 # ----------------------------------------------------------------------------------------- model
 
 
@@ -238,7 +244,7 @@ class SeqRecommender(nn.Module):
         with batches of similar length (`evaluate_ranking(sort_by_length=True)`) most of it.
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, L)
-        first = int(mask.any(0).to(torch.int8).argmax())  # first column holding an item in some row
+        first = shared_left_padding(mask)
         hidden = self.bert(ids[:, first:], mask[:, first:], position_offset=first)  # (B, L - first, H)
         return hidden[:, -1]  # (B, H)
 

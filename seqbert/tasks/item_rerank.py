@@ -31,6 +31,7 @@ from torch import nn
 from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID
 from seqbert.model.bert import Bert
 from seqbert.model.heads import MLMHead
+from seqbert.tasks.bert4rec import shared_left_padding
 
 
 @dataclass
@@ -68,7 +69,7 @@ class CrossRecReranker(nn.Module):
         hmask = hist != PAD_ID  # (B, L)
         if not bool(hmask.any(1).all()):
             raise ValueError("every history needs at least one item")
-        first = int(hmask.any(0).to(torch.int8).argmax())  # leading columns that are padding everywhere
+        first = shared_left_padding(hmask)
         hist, hmask = hist[:, first:], hmask[:, first:]  # (B, L', ...)
         L = hist.shape[1]
         emb = self.bert.embeddings
@@ -95,12 +96,12 @@ class CrossRecReranker(nn.Module):
         return RerankerOutput(loss, scores)
 
 
-def history_tensor(histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
-    """Left-padded (B, L) with the last max_len - 1 items of each history, L = the longest kept."""
+def history_tensor(histories: Sequence[np.ndarray], max_len: int, width: int | None = None) -> torch.Tensor:
+    """Left-padded (B, L) with the last max_len - 1 items of each history; L = `width`, or the longest kept."""
     keep = [np.asarray(h[-(max_len - 1) :], dtype=np.int64) for h in histories]
     if any(len(h) == 0 for h in keep):
         raise ValueError("every history needs at least one item")
-    L = max(len(h) for h in keep)
+    L = width or max(len(h) for h in keep)
     out = np.full((len(keep), L), PAD_ID, dtype=np.int64)
     for row, h in enumerate(keep):
         out[row, L - len(h) :] = h
@@ -158,12 +159,8 @@ def hard_negative_examples(
                 cands.append([pos, *rng.choice(others, size=num_negatives, replace=False)])
     if not keep:
         raise ValueError(f"the teacher's top {pool} never holds the positive: no training rows")
-    history = torch.zeros(len(keep), max_len - 1, dtype=torch.long)
-    for row, i in enumerate(keep):
-        h = hists[i]
-        history[row, max_len - 1 - len(h) :] = torch.from_numpy(np.asarray(h, dtype=np.int64))
     return {
-        "history": history,
+        "history": history_tensor([hists[i] for i in keep], max_len, width=max_len - 1),
         "candidates": torch.tensor(cands, dtype=torch.long),
         "labels": torch.zeros(len(keep), dtype=torch.long),
     }
