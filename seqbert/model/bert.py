@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqbert.model.dropout import Dropout, keep_scale
+
 
 @dataclass(frozen=True)
 class BertConfig:
@@ -22,6 +24,8 @@ class BertConfig:
     `type_vocab_size=0` means no segment embedding (item sequences use none).
     `pre_ln=True` puts LayerNorm before each sub-layer (plus a final LayerNorm) instead of BERT's post-LN.
     `causal=True` makes attention left-to-right (the SASRec baseline from the same core).
+    `fast_dropout=True` draws CPU dropout masks from 16-bit random integers (`seqbert.model.dropout`),
+    ~20x cheaper than torch's `bernoulli_`; False uses `F.dropout` everywhere (the reference).
     """
 
     vocab_size: int
@@ -38,6 +42,7 @@ class BertConfig:
     pre_ln: bool = False
     causal: bool = False
     initializer_range: float = 0.02
+    fast_dropout: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_len"):
@@ -53,6 +58,8 @@ class BertConfig:
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"BertConfig.num_heads ({self.num_heads})"
             )
+        if not isinstance(self.fast_dropout, bool):
+            raise ValueError(f"BertConfig.fast_dropout must be true or false, got {self.fast_dropout!r}")
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -82,7 +89,7 @@ class Embeddings(nn.Module):
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.max_len = config.max_len
 
     def forward(
@@ -136,6 +143,22 @@ def eager_attention(
     return probs @ v  # (B, N, L, D)
 
 
+def dropout_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """Training-time attention on CPU: `eager_attention` with the fast 16-bit dropout mask
+    (`seqbert.model.dropout.keep_scale`, drawn first so a seed reproduces it). SDPA's CPU kernels do not
+    fuse dropout; with it they fall back to the same math and draw the mask with the ~20x slower
+    `bernoulli_`. Masking is an additive 0 / min bias (its backward is free) and dropout one multiply."""
+    B, N, L, D = q.shape
+    keep = keep_scale((B, N, L, L), dropout_p, q.device)  # (B, N, L, L): 0 or 1 / (1 - p)
+    scores = (q / math.sqrt(D)) @ k.transpose(-2, -1)  # (B, N, L, L)
+    if allowed is not None:
+        bias = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device)
+        scores = scores + bias.masked_fill_(~allowed, torch.finfo(scores.dtype).min)  # (B, N, L, L)
+    return (scores.softmax(dim=-1) * keep) @ v  # (B, N, L, D)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -144,6 +167,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.num_heads = config.num_heads
         self.attention_dropout = config.attention_dropout
+        self.fast_dropout = config.fast_dropout
         self.use_sdpa = True  # False selects `eager_attention`, the slow reference
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
@@ -151,12 +175,14 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, N, L, D)
         dropout_p = self.attention_dropout if self.training else 0.0
-        if self.use_sdpa:
+        if not self.use_sdpa:
+            y = eager_attention(q, k, v, allowed, dropout_p)  # (B, N, L, D)
+        elif dropout_p > 0 and self.fast_dropout and x.device.type == "cpu":
+            y = dropout_attention(q, k, v, allowed, dropout_p)  # (B, N, L, D)
+        else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=dropout_p
             )  # (B, N, L, D)
-        else:
-            y = eager_attention(q, k, v, allowed, dropout_p)  # (B, N, L, D)
         return self.out(y.transpose(1, 2).reshape(B, L, H))  # (B, L, H)
 
 
@@ -179,7 +205,7 @@ class Block(nn.Module):
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.pre_ln = config.pre_ln
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqbert.model.bert import Bert, BertConfig, init_weights
+from seqbert.model.dropout import Dropout
 
 IGNORE_INDEX = -100  # label value that contributes nothing to any loss (PyTorch cross_entropy default)
 
@@ -116,7 +117,7 @@ class BertForSequenceClassification(nn.Module):
         self.num_labels = num_labels
         self.bert = Bert(config)
         self.pooler = Pooler(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         for module in (self.pooler, self.classifier):
             module.apply(lambda m: init_weights(m, config.initializer_range))
@@ -144,7 +145,7 @@ class BertForTokenClassification(nn.Module):
         self.config = config
         self.num_labels = num_labels
         self.bert = Bert(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.classifier.apply(lambda m: init_weights(m, config.initializer_range))
 

@@ -50,6 +50,11 @@ class RecConfig:
     loss: str = "ce"
     num_negatives: int = 256  # sampled_softmax / gbce
     gbce_t: float = 0.75  # gBCE calibration t (Petrov & Macdonald 2023)
+    # 0: the loss is the mean over the batch's labelled positions. > 0: their sum divided by this constant
+    # (the mean number of labelled positions per batch), so every labelled item weighs the same whatever
+    # batch it is in. With length-bucketed batches the per-batch mean would weigh an item of a batch of
+    # short histories (few labels) up to ~10x more than one in a batch of long histories.
+    loss_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -66,6 +71,8 @@ class RecConfig:
             raise ValueError(f"RecConfig.window_stride must be >= 0, got {self.window_stride!r}")
         if self.num_negatives < 1:
             raise ValueError(f"RecConfig.num_negatives must be >= 1, got {self.num_negatives!r}")
+        if self.loss_norm < 0:
+            raise ValueError(f"RecConfig.loss_norm must be >= 0, got {self.loss_norm!r}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ValueError(f"RecConfig.gbce_t must be in [0, 1], got {self.gbce_t!r}")
         if len(self.replace_probs) != 3 or abs(sum(self.replace_probs) - 1.0) > 1e-6:
@@ -210,13 +217,20 @@ class SeqRecommender(nn.Module):
         return logits.masked_fill(self.special, float("-inf"))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> RecOutput:
-        hidden = self.bert(batch["input_ids"], batch["attention_mask"])  # (B, L, H)
-        where = batch["labels"] != IGNORE_INDEX  # (B, L)
-        rows, targets = hidden[where], batch["labels"][where]  # (M, H), (M,)
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # (B, L) each
+        # columns that are padding in every row are dropped, positions shifted to match (see query_hidden);
+        # with length-bucketed batches (TensorBatchSource(lengths=...)) that is most of the padding
+        first = shared_left_padding(mask)
+        if first and bool((labels[:, :first] != IGNORE_INDEX).any()):
+            raise ValueError("labels found on padding columns (attention_mask 0): inputs must be left-padded")
+        hidden = self.bert(ids[:, first:], mask[:, first:], position_offset=first)  # (B, L - first, H)
+        labels = labels[:, first:]  # (B, L - first)
+        where = labels != IGNORE_INDEX  # (B, L - first)
+        rows, targets = hidden[where], labels[where]  # (M, H), (M,)
         cfg = self.rec_config
         if cfg.loss == "ce":
             logits = self.catalogue_logits(rows)  # (M, V)
-            return RecOutput(F.cross_entropy(logits, targets), logits)
+            return RecOutput(self._reduce(F.cross_entropy(logits, targets, reduction="none")), logits)
         negatives = batch["negatives"]  # (K,)
         t = self.transformed(rows)  # (M, H)
         weight, bias = self.head.decoder.weight, self.head.decoder.bias
@@ -227,14 +241,20 @@ class SeqRecommender(nn.Module):
         )  # a negative that is the target
         logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
         if cfg.loss == "sampled_softmax":
-            return RecOutput(F.cross_entropy(logits, torch.zeros_like(targets)), logits)
+            loss = F.cross_entropy(logits, torch.zeros_like(targets), reduction="none")  # (M,)
+            return RecOutput(self._reduce(loss), logits)
         # gBCE: beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = K / (|I| - 1) the negative sampling rate;
         # loss = -log sigmoid(s+)^beta - sum log(1 - sigmoid(s-)) (Petrov & Macdonald 2023, eq. 6-7)
         num_items = self.config.vocab_size - FIRST_ITEM_ID
         alpha = negatives.numel() / (num_items - 1)
         beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
         loss = -(beta * F.logsigmoid(pos)).sum(-1) - F.logsigmoid(-neg).sum(-1)  # (M,); -inf negatives give 0
-        return RecOutput(loss.mean(), logits)
+        return RecOutput(self._reduce(loss), logits)
+
+    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+        """(M,) per-label losses -> the batch loss: their mean, or their sum / `RecConfig.loss_norm`."""
+        norm = self.rec_config.loss_norm
+        return loss.sum() / norm if norm > 0 else loss.mean()
 
     def query_hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Encoder output (B, H) at the query position (the last column) of left-padded inputs.

@@ -60,6 +60,12 @@ class TensorBatchSource:
     `batch_size` is the global batch (all processes together). `collate(rows, generator)` turns the raw rows
     of one global batch into the model's batch, e.g. dynamic masking; `generator` is seeded by
     (seed, epoch, batch index), and every tensor it returns must keep one row per example.
+
+    Length bucketing: with `lengths` (N,) and `bucket_batches` = C > 0, each epoch's shuffled order is cut
+    into chunks of C batches, each chunk is sorted by length, and then the order of the whole batches is
+    shuffled again. Every row is still read once per epoch and batches mix rows from all over the data, but
+    rows in a batch have similar lengths, so a model that trims padding shared by the whole batch
+    (`SeqRecommender.forward`) does far less work on padding.
     """
 
     def __init__(
@@ -70,21 +76,31 @@ class TensorBatchSource:
         shuffle: bool = True,
         collate: Collate | None = None,
         drop_last: bool = True,
+        lengths: torch.Tensor | None = None,
+        bucket_batches: int = 0,
     ) -> None:
         if not tensors:
             raise ValueError("tensors must hold at least one tensor")
-        lengths = {k: v.shape[0] for k, v in tensors.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"all tensors must have the same number of rows, got {lengths}")
+        if bucket_batches < 0:
+            raise ValueError(f"bucket_batches must be >= 0, got {bucket_batches!r}")
+        if bucket_batches and lengths is None:
+            raise ValueError("bucket_batches needs the rows' lengths (lengths=...)")
+        rows = {k: v.shape[0] for k, v in tensors.items()}
+        if len(set(rows.values())) != 1:
+            raise ValueError(f"all tensors must have the same number of rows, got {rows}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.tensors = tensors
-        self.num_rows = next(iter(lengths.values()))
+        self.num_rows = next(iter(rows.values()))
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.collate = collate
         self.drop_last = drop_last
+        if lengths is not None and tuple(lengths.shape) != (self.num_rows,):
+            raise ValueError(f"lengths must have shape ({self.num_rows},), got {tuple(lengths.shape)}")
+        self.lengths = lengths
+        self.bucket_batches = bucket_batches
         self._cached_order: tuple[int, torch.Tensor] | None = None  # (epoch, order): one randperm per epoch
         if self.num_batches(0) == 0:
             raise ValueError(f"{self.num_rows} rows make no batch of {batch_size} with drop_last=True")
@@ -99,8 +115,24 @@ class TensorBatchSource:
             return torch.arange(self.num_rows)
         if self._cached_order is None or self._cached_order[0] != epoch:
             generator = seeded_generator(self.seed, _SHUFFLE_STREAM, epoch)
-            self._cached_order = (epoch, torch.randperm(self.num_rows, generator=generator))
+            order = torch.randperm(self.num_rows, generator=generator)  # (N,)
+            if self.bucket_batches:
+                order = self._bucketed(order, generator)
+            self._cached_order = (epoch, order)
         return self._cached_order[1]
+
+    def _bucketed(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Sort each chunk of `bucket_batches` batches of `order` by length, then shuffle whole batches."""
+        chunk = self.bucket_batches * self.batch_size
+        pieces = []
+        for start in range(0, self.num_rows, chunk):
+            rows = order[start : start + chunk]  # (<= chunk,)
+            pieces.append(rows[torch.argsort(self.lengths[rows], stable=True)])
+        order = torch.cat(pieces)  # (N,)
+        full = self.num_rows // self.batch_size * self.batch_size
+        blocks = order[:full].view(-1, self.batch_size)  # (N // B, B)
+        blocks = blocks[torch.randperm(len(blocks), generator=generator)]
+        return torch.cat([blocks.flatten(), order[full:]])  # (N,); a partial last batch stays last
 
     def batch(self, epoch: int, index: int) -> Batch:
         """Global batch `index` of `epoch`, collated."""

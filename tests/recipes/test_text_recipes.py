@@ -117,6 +117,8 @@ def _config(recipe, path: str, run_dir: Path, data_dir: Path, **overrides):
     )
 
 
+# Pinned losses are regression checks of each recipe under its seed; they moved once, on purpose, when
+# dropout masks came to be drawn from 16-bit random integers (seqbert.model.dropout), a different stream.
 def _losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -176,7 +178,7 @@ def test_pretrain_text_folder_with_a_loaded_vocab(tmp_path, data_dir):
     )
     results = recipe.main(cfg)
     assert results["steps"] == 6 and results["eval"] == {} and results["vocab_size"] == 30522
-    assert _losses(tmp_path) == pytest.approx([10.94620, 10.84061, 10.81899], abs=1e-4)
+    assert _losses(tmp_path) == pytest.approx([10.94531, 10.86900, 10.81288], abs=1e-4)
 
 
 @pytest.mark.parametrize("dataset", ["sst2", "mrpc"])
@@ -186,7 +188,7 @@ def test_finetune_classify_from_hf(tmp_path, data_dir, hf_dir, dataset):
     results = recipe.main(cfg)
     assert results["steps"] == 6 and 0 <= results["eval_accuracy"] <= 1 and "eval_f1" in results
     assert results["fresh_parameters"] == 2  # the classifier's weight and bias; pooler came from the file
-    pinned = {"sst2": [0.68040, 0.70153, 0.71610], "mrpc": [0.68458, 0.70986, 0.68535]}[dataset]
+    pinned = {"sst2": [0.67478, 0.70191, 0.71891], "mrpc": [0.68391, 0.71318, 0.68021]}[dataset]
     assert _losses(tmp_path) == pytest.approx(pinned, abs=1e-4)
     model, tokenizer, task = load_text_model(tmp_path)
     out = predict(model, tokenizer, task, ["the cat sat"], ["the dog ran"] if dataset == "mrpc" else None)
@@ -230,7 +232,7 @@ def test_finetune_ner_from_hf(tmp_path, data_dir, hf_dir):
     )
     results = recipe.main(cfg)
     assert results["test_sentences"] == 16 and 0 <= results["test_f1"] <= 1 and "dev_f1" in results
-    assert _losses(tmp_path) == pytest.approx([2.11216, 2.05900, 2.02069, 1.90813], abs=1e-4)
+    assert _losses(tmp_path) == pytest.approx([2.11817, 2.05495, 2.01960, 1.92154], abs=1e-4)
     model, tokenizer, task = load_text_model(tmp_path)
     out = predict(model, tokenizer, task, ["Ann Smith sat on the mat"])
     assert out[0]["words"] == ["Ann", "Smith", "sat", "on", "the", "mat"] and len(out[0]["tags"]) == 6

@@ -112,5 +112,6 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
 
 
 # group of 3 with a fresh-ish tiny model starts near ln 3 = 1.0986; measured with torch 2.13.0 CPU, a change
-# means the data, the BM25 negatives, their sampling or the init changed
-PINNED_LOSSES = [1.0983653, 1.0992861, 1.1002808]
+# means the data, the BM25 negatives, their sampling, the init or the dropout stream changed (it did once, on
+# purpose: 16-bit dropout masks, seqbert.model.dropout)
+PINNED_LOSSES = [1.0997461, 1.0981735, 1.0972102]

@@ -1,5 +1,7 @@
 """BERT4Rec / SASRec+: windows, cloze collator, losses, inference, no leakage, MostPop."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +147,42 @@ def test_dropping_shared_padding_changes_no_score(objective):
     torch.testing.assert_close(model.score(inputs), untrimmed, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="position offset"):
         model.bert(inputs["input_ids"], inputs["attention_mask"], position_offset=1)
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+def test_training_loss_and_gradients_are_unchanged_by_trimming_shared_padding(objective):
+    model, rec = small_model(objective, max_len=12)
+    model.eval()  # no dropout: the two paths must agree to rounding
+    windows = training_windows(seqs([2, 5, 3, 4]), rec)  # every row uses at most 6 of 12-13 columns
+    batch = make_collate(rec, V)({"items": windows}, torch.Generator().manual_seed(0))
+    model(batch).loss.backward()
+    trimmed = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # the untrimmed reference: the encoder over every column, the loss at the labelled positions
+    hidden = model.bert(batch["input_ids"], batch["attention_mask"])  # (B, L, H)
+    where = batch["labels"] != IGNORE_INDEX
+    loss = torch.nn.functional.cross_entropy(model.catalogue_logits(hidden[where]), batch["labels"][where])
+    loss.backward()
+    torch.testing.assert_close(model(batch).loss, loss, rtol=0, atol=1e-6)
+    for a, p in zip(trimmed, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+    bad = dict(batch, labels=batch["labels"].clone())
+    bad["labels"][0, 0] = FIRST_ITEM_ID  # a label on a padding column would be dropped by the trim
+    with pytest.raises(ValueError, match="padding columns"):
+        model(bad)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "gbce"])
+def test_constant_loss_norm_weighs_every_label_alike(loss):
+    model, rec = small_model("cloze", loss=loss, max_len=12)
+    model.eval()
+    batch = make_collate(rec, V)({"items": training_windows(seqs([4, 9, 6]), rec)}, torch.Generator())
+    labels = int((batch["labels"] != IGNORE_INDEX).sum())
+    mean = model(batch).loss
+    model.rec_config = dataclasses.replace(rec, loss_norm=2.0 * labels)
+    torch.testing.assert_close(model(batch).loss, mean / 2)  # sum / constant, not mean
+    with pytest.raises(ValueError, match="loss_norm"):
+        RecConfig(loss_norm=-1.0)
 
 
 @pytest.mark.parametrize("objective", ["cloze", "next_item"])
