@@ -2,16 +2,19 @@
 
 On this CPU `torch.bernoulli_` (what `F.dropout` draws its mask with) costs ~7 ns per element, and in a
 small recommender (hidden 64, length 200) the attention-probability dropout alone was 31 % of a training
-step. `torch.Tensor.random_` over the full int64 range fills 64 random bits per element about 20x faster;
+step. `torch.Tensor.random_` over the full int64 range fills 64 random bits per element ~8x faster;
 viewed as four int16 lanes, each lane is a uniform 16-bit integer, and "lane < threshold" is a Bernoulli
 draw with probability round(p * 65536) / 65536 (within 1e-5 of p). Kept values are scaled by
-1 / (1 - that probability), so the expectation is exactly preserved, as in `F.dropout`.
+1 / (1 - that probability), so the expectation is exactly preserved, as in `F.dropout`. The whole mask,
+comparison and scaling included, costs ~2.8x less than `bernoulli_` (10.24 M elements, 2 threads).
 
 Off the CPU (CUDA's fused dropout is already fast) and in eval mode these fall back to `F.dropout`.
 Tests check the drop rate per lane, the scaling, the gradient and reproducibility under a seed.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +34,7 @@ def keep_scale(
     """Float32 tensor of `shape`: 0 where an element is dropped, each independently with probability
     q = `drop_probability(p)`, else 1 / (1 - q). Multiplying by it is dropout; drawn from torch's default
     generator, so `torch.manual_seed` reproduces it."""
-    numel = 1
-    for s in shape:
-        numel *= int(s)
+    numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device)
     # the full signed range: every one of the 64 bits is random (plain random_() leaves the top bit 0)
     words.random_(-(2**63), None)

@@ -52,8 +52,8 @@ class RecConfig:
     gbce_t: float = 0.75  # gBCE calibration t (Petrov & Macdonald 2023)
     # 0: the loss is the mean over the batch's labelled positions. > 0: their sum divided by this constant
     # (the mean number of labelled positions per batch), so every labelled item weighs the same whatever
-    # batch it is in. With length-bucketed batches the per-batch mean would weigh an item of a batch of
-    # short histories (few labels) up to ~10x more than one in a batch of long histories.
+    # batch it is in. With length-bucketed batches the per-batch mean weighs an item of a batch of short
+    # histories (few labels) more than one in a batch of long histories.
     loss_norm: float = 0.0
 
     def __post_init__(self) -> None:
