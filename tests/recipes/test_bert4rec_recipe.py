@@ -50,7 +50,14 @@ def test_sasrec_config_trains_on_synthetic(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["bert4rec_ml1m.yaml", "sasrec_ml1m.yaml", "bert4rec_beauty.yaml", "bert4rec_synthetic.yaml"]
+    "name",
+    [
+        "bert4rec_ml1m.yaml",
+        "bert4rec_ml1m_short.yaml",
+        "sasrec_ml1m.yaml",
+        "bert4rec_beauty.yaml",
+        "bert4rec_synthetic.yaml",
+    ],
 )
 def test_shipped_configs_load(name):
     cfg = load_config(recipe.RecipeConfig, ROOT / "recipes" / name)
