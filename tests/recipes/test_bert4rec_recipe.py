@@ -49,16 +49,13 @@ def test_sasrec_config_trains_on_synthetic(tmp_path):
     assert summary["full"]["hr@10"] > 5 * summary["mostpop"]["full"]["hr@10"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "bert4rec_ml1m.yaml",
-        "bert4rec_ml1m_short.yaml",
-        "sasrec_ml1m.yaml",
-        "bert4rec_beauty.yaml",
-        "bert4rec_synthetic.yaml",
-    ],
+# every recommendation recipe shipped, so a new one cannot be forgotten here
+REC_CONFIGS = sorted(
+    p.name for p in (ROOT / "recipes").glob("*.yaml") if p.name.startswith(("bert4rec", "sasrec"))
 )
+
+
+@pytest.mark.parametrize("name", REC_CONFIGS)
 def test_shipped_configs_load(name):
     cfg = load_config(recipe.RecipeConfig, ROOT / "recipes" / name)
     assert cfg.model.hidden_size == 64
