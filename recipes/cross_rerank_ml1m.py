@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +60,7 @@ class CrossRerankConfig:
             raise ValueError(f"pool ({self.pool}) must be >= num_negatives ({self.num_negatives})")
 
 
-def main(cfg: CrossRerankConfig, out: Path, merge: bool = True) -> dict:
+def main(cfg: CrossRerankConfig, out: Path, merge: bool = True, command: str = "") -> dict:
     t_start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     teacher, vocab = load_recommender(cfg.model_dir)
@@ -106,7 +108,10 @@ def main(cfg: CrossRerankConfig, out: Path, merge: bool = True) -> dict:
     if merge:
         path = ROOT / "benchmarks" / "results" / "retrieval.json"
         data = json.loads(path.read_text()) if path.exists() else {}
-        data["ml1m_cross_rerank"] = {**summary, "command": f"python recipes/cross_rerank_ml1m.py --out {out}"}
+        data["ml1m_cross_rerank"] = {
+            **summary,
+            "command": command or f"python recipes/cross_rerank_ml1m.py --out {out}",
+        }
         path.write_text(json.dumps(data, indent=2) + "\n")
     return full
 
@@ -118,7 +123,15 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     ap.add_argument("--no-merge", action="store_true", help="do not write benchmarks/results/retrieval.json")
     args = ap.parse_args(argv)
-    main(load_config(CrossRerankConfig, args.config, args.set), Path(args.out), merge=not args.no_merge)
+    command = shlex.join(
+        ["python", "recipes/cross_rerank_ml1m.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    main(
+        load_config(CrossRerankConfig, args.config, args.set),
+        Path(args.out),
+        merge=not args.no_merge,
+        command=command,
+    )
     return 0
 
 

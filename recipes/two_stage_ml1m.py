@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +78,7 @@ class TwoStageConfig:
             raise ValueError("recent_items must be >= 1 and recent_decay in (0, 1]")
 
 
-def main(cfg: TwoStageConfig, out: Path, merge: bool = True) -> dict:
+def main(cfg: TwoStageConfig, out: Path, merge: bool = True, command: str = "") -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
@@ -142,7 +144,10 @@ def main(cfg: TwoStageConfig, out: Path, merge: bool = True) -> dict:
     if merge:
         path = ROOT / "benchmarks" / "results" / "retrieval.json"
         data = json.loads(path.read_text()) if path.exists() else {}
-        data["ml1m_two_stage"] = {**summary, "command": f"python recipes/two_stage_ml1m.py --out {out}"}
+        data["ml1m_two_stage"] = {
+            **summary,
+            "command": command or f"python recipes/two_stage_ml1m.py --out {out}",
+        }
         path.write_text(json.dumps(data, indent=2) + "\n")
     return full
 
@@ -155,7 +160,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-merge", action="store_true", help="do not write benchmarks/results/retrieval.json")
     args = ap.parse_args(argv)
     cfg = load_config(TwoStageConfig, args.config, args.set)
-    main(cfg, Path(args.out), merge=not args.no_merge)
+    command = shlex.join(["python", "recipes/two_stage_ml1m.py", *(sys.argv[1:] if argv is None else argv)])
+    main(cfg, Path(args.out), merge=not args.no_merge, command=command)
     return 0
 
 
