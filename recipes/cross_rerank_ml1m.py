@@ -31,11 +31,12 @@ from seqbert.retrieval.index import IndexConfig
 from seqbert.retrieval.items import full_ranking, model_reranker, model_retriever, test_queries
 from seqbert.tasks.bert4rec import load_recommender, score_histories
 from seqbert.tasks.item_rerank import CrossRecReranker, cross_reranker, hard_negative_examples
-from seqbert.training.checkpoint import save_model
+from seqbert.training.checkpoint import merge_json, save_model
 from seqbert.training.data import TensorBatchSource
 from seqbert.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "retrieval.json"
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class CrossRerankConfig:
             raise ValueError(f"pool ({self.pool}) must be >= num_negatives ({self.num_negatives})")
 
 
-def main(cfg: CrossRerankConfig, out: Path, merge: bool = True, command: str = "") -> dict:
+def main(cfg: CrossRerankConfig, out: Path) -> dict:
     t_start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     teacher, vocab = load_recommender(cfg.model_dir)
@@ -105,14 +106,6 @@ def main(cfg: CrossRerankConfig, out: Path, merge: bool = True, command: str = "
     }
     full = {"summary": summary, "config": config_to_dict(cfg), "pipelines": reports}
     (out / "results.json").write_text(json.dumps(full, indent=2) + "\n")
-    if merge:
-        path = ROOT / "benchmarks" / "results" / "retrieval.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data["ml1m_cross_rerank"] = {
-            **summary,
-            "command": command or f"python recipes/cross_rerank_ml1m.py --out {out}",
-        }
-        path.write_text(json.dumps(data, indent=2) + "\n")
     return full
 
 
@@ -123,15 +116,12 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     ap.add_argument("--no-merge", action="store_true", help="do not write benchmarks/results/retrieval.json")
     args = ap.parse_args(argv)
-    command = shlex.join(
-        ["python", "recipes/cross_rerank_ml1m.py", *(sys.argv[1:] if argv is None else argv)]
-    )
-    main(
-        load_config(CrossRerankConfig, args.config, args.set),
-        Path(args.out),
-        merge=not args.no_merge,
-        command=command,
-    )
+    full = main(load_config(CrossRerankConfig, args.config, args.set), Path(args.out))
+    if not args.no_merge:  # the summary, under its key, with the command that reproduces it
+        command = shlex.join(
+            ["python", "recipes/cross_rerank_ml1m.py", *(sys.argv[1:] if argv is None else argv)]
+        )
+        merge_json(RESULTS_JSON, "ml1m_cross_rerank", {**full["summary"], "command": command})
     return 0
 
 

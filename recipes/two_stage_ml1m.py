@@ -41,8 +41,10 @@ from seqbert.retrieval.items import (
     test_queries,
 )
 from seqbert.tasks.bert4rec import load_recommender
+from seqbert.training.checkpoint import merge_json
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "retrieval.json"
 RETRIEVERS = ("recent", "sasrec", "bert4rec_ann")
 
 
@@ -78,7 +80,7 @@ class TwoStageConfig:
             raise ValueError("recent_items must be >= 1 and recent_decay in (0, 1]")
 
 
-def main(cfg: TwoStageConfig, out: Path, merge: bool = True, command: str = "") -> dict:
+def main(cfg: TwoStageConfig, out: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
@@ -141,14 +143,6 @@ def main(cfg: TwoStageConfig, out: Path, merge: bool = True, command: str = "") 
     (out / "report.txt").write_text("\n\n".join(text) + "\n")
     print(f"headline ({best}): ndcg@10 {summary['ndcg@10']:.4f} vs full {summary['full_ndcg@10']:.4f} "
           f"({summary['relative_gap']:+.2%}), cost ratio {summary['cost_ratio']:.3f}")  # fmt: skip
-    if merge:
-        path = ROOT / "benchmarks" / "results" / "retrieval.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data["ml1m_two_stage"] = {
-            **summary,
-            "command": command or f"python recipes/two_stage_ml1m.py --out {out}",
-        }
-        path.write_text(json.dumps(data, indent=2) + "\n")
     return full
 
 
@@ -160,8 +154,12 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-merge", action="store_true", help="do not write benchmarks/results/retrieval.json")
     args = ap.parse_args(argv)
     cfg = load_config(TwoStageConfig, args.config, args.set)
-    command = shlex.join(["python", "recipes/two_stage_ml1m.py", *(sys.argv[1:] if argv is None else argv)])
-    main(cfg, Path(args.out), merge=not args.no_merge, command=command)
+    full = main(cfg, Path(args.out))
+    if not args.no_merge:  # the summary, under its key, with the command that reproduces it
+        command = shlex.join(
+            ["python", "recipes/two_stage_ml1m.py", *(sys.argv[1:] if argv is None else argv)]
+        )
+        merge_json(RESULTS_JSON, "ml1m_two_stage", {**full["summary"], "command": command})
     return 0
 
 

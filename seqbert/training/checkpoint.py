@@ -100,6 +100,16 @@ def atomic_file(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def merge_json(path: str | Path, key: str, value: Any) -> None:
+    """Set `key` of the JSON object in the file `path` to `value`, keeping its other keys (a results file that
+    several scripts write into); the file is created if missing and replaced atomically."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
 

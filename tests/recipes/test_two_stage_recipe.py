@@ -47,7 +47,7 @@ def test_flat_index_over_the_models_vectors_reproduces_full_ranking(run_dir, tmp
         "progress=false",
     ]
     cfg = load_config(two_stage.TwoStageConfig, None, overrides)
-    full = two_stage.main(cfg, tmp_path, merge=False)
+    full = two_stage.main(cfg, tmp_path)
     exact = full["pipelines"]["bert4rec_ann@30"]
     # Flat IP over [e_i, b_i] with queries [t(h), 1] is the model's own top-K: reranking changes nothing
     assert exact["overlap@10"] == 1.0
@@ -85,7 +85,7 @@ def test_cross_rerank_recipe_trains_and_reports(run_dir, tmp_path):
     overrides = [f"model_dir={run_dir}", "train.max_steps=20", "train.warmup_steps=2", "train.log_every=5", "train.progress=false",
                  "train.precision=fp32", "cuts_per_user=2", "depth=20", "max_users=60", "latency_queries=3"]  # fmt: skip
     cfg = load_config(cross.CrossRerankConfig, ROOT / "recipes" / "cross_rerank_ml1m.yaml", overrides)
-    full = cross.main(cfg, tmp_path, merge=False)
+    full = cross.main(cfg, tmp_path)
     s = full["summary"]
     assert s["train_steps"] == 20 and s["users"] == 60 and 0 <= s["ndcg@10"] <= 1
     # both rerankers see the same BERT4Rec candidates: the same retrieval recall

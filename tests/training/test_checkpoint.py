@@ -15,6 +15,7 @@ from seqbert.training.checkpoint import (
     find_resumable,
     list_checkpoints,
     load_model_state,
+    merge_json,
     prune_checkpoints,
     read_checkpoint,
     rng_state,
@@ -181,3 +182,12 @@ def test_views_sharing_storage_are_saved_separately(tmp_path):
     save_model(tmp_path / "m", module)
     state, _ = load_model_state(tmp_path / "m")
     assert torch.equal(state["a"], base[:6]) and torch.equal(state["b"], base[6:])
+
+
+def test_merge_json_sets_one_key_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "results" / "retrieval.json"
+    merge_json(path, "a", {"x": 1})  # a missing file (and folder) is created
+    merge_json(path, "b", [1, 2])
+    merge_json(path, "a", {"x": 2})  # an existing key is replaced, not merged into
+    assert json.loads(path.read_text()) == {"a": {"x": 2}, "b": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["retrieval.json"]  # no temporary file left behind
