@@ -1,48 +1,49 @@
-"""The `seqbert` command: data preparation, recommendation, two-stage pipelines, evaluation, text predictions.
+"""The `seqbert` command: train, recommend, evaluate, data, pipeline, text.
 
-Training runs through the recipes (`python recipes/bert4rec.py --config ...`), which are scripts, not
-framework code; the command serves what they produce.
+Every subcommand registers itself with `set_defaults(func=...)`; `main` runs it under one error policy: an
+expected error (a bad config or value, missing data, a bad id, a corrupt model file, a run directory in use)
+is one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from seqbert.data.cli import add_data_parser, run_data
-from seqbert.evaluation.cli import add_evaluate_parser, run_evaluate
-from seqbert.pipeline import add_pipeline_parser, run_pipeline_cli
+from seqbert.config import ConfigError
+from seqbert.data.cli import add_data_parser
+from seqbert.evaluation.cli import add_evaluate_parser
+from seqbert.pipeline import add_pipeline_parser
 from seqbert.training.checkpoint import CheckpointError
 
-
-def add_recommend_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("recommend", help="top-k next items for an item history, from a trained run")
-    p.add_argument("run_dir", help="a run directory written by recipes/bert4rec.py (or its model/ folder)")
-    p.add_argument("--items", nargs="+", required=True, help="the history, oldest first (external item ids)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--include-seen", action="store_true", help="allow items of the history in the results")
-    p.add_argument("--skip-unknown", action="store_true", help="drop history items the model has never seen")
+EXPECTED_ERRORS = (ConfigError, KeyError, ValueError, FileNotFoundError, NotADirectoryError, CheckpointError)
 
 
-def run_recommend(args: argparse.Namespace) -> int:
-    from seqbert.tasks.bert4rec import load_recommender, recommend
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train any task from a YAML config (its `job:` names the task)")
+    p.add_argument("config", help="a YAML config, e.g. recipes/sasrec_ml1m.yaml")
+    p.add_argument("--out", required=True, help="the run directory (created; a rerun resumes it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--data-dir", default=None, help="raw data directory (default: $SEQBERT_DATA_DIR)")
+    p.set_defaults(func=run_train)
 
-    model, vocab = load_recommender(args.run_dir)
-    recs = recommend(
-        model, vocab, args.items, args.k, exclude_seen=not args.include_seen, skip_unknown=args.skip_unknown
-    )
-    for rank, (item, score) in enumerate(recs, 1):
-        sys.stdout.write(json.dumps({"rank": rank, "item": item, "score": round(score, 6)}) + "\n")
+
+def run_train(args: argparse.Namespace) -> int:
+    from seqbert.jobs import run_job
+
+    run_job(args.config, args.out, args.set, args.data_dir)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seqbert.recommender import add_recommend_parser
+
     parser = argparse.ArgumentParser(prog="seqbert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_data_parser(sub)
-    add_evaluate_parser(sub)
+    add_train_parser(sub)
     add_recommend_parser(sub)
+    add_evaluate_parser(sub)
+    add_data_parser(sub)
     add_pipeline_parser(sub)
     try:
         from seqbert.tasks.text import add_text_parsers
@@ -53,21 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(error: BaseException) -> str:
+    # KeyError's str() is the repr of its argument: show the message itself
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "data":
-            return run_data(args)
-        if args.command == "evaluate":
-            return run_evaluate(args)
-        if args.command == "recommend":
-            return run_recommend(args)
-        if args.command == "pipeline":
-            return run_pipeline_cli(args)
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, CheckpointError) as e:
-        sys.stderr.write(f"error: {e}\n")
+    except EXPECTED_ERRORS as e:
+        sys.stderr.write(f"seqbert {args.command}: error: {_message(e)}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"seqbert {args.command}: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

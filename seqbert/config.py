@@ -83,9 +83,15 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    ignore: tuple[str, ...] = (),
 ) -> T:
-    """Build `cls` from the YAML file at `path` (or nothing) plus `key.sub=value` overrides."""
+    """Build `cls` from the YAML file at `path` (or nothing) plus `key.sub=value` overrides.
+
+    `ignore`: top-level keys read by someone else (e.g. `job`, which `seqbert train` dispatches on).
+    """
     data: dict = {}
     where = cls.__name__
     if path is not None:
@@ -98,12 +104,16 @@ def load_config(
         if loaded is not None:
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: the top level must be a mapping")
-            data = loaded
+            data = {k: v for k, v in loaded.items() if k not in ignore}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not a YAML scalar") from None
+        _set_dotted(data, key.strip(), value)
     return _build(cls, data, where)
 
 

@@ -231,6 +231,7 @@ def add_pipeline_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--latency-queries", type=int, default=200)
     p.add_argument("--out", default=None, help="write the JSON report here")
+    p.set_defaults(func=run_pipeline_cli)
 
 
 def run_pipeline_cli(args) -> int:

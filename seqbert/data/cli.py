@@ -76,6 +76,7 @@ def _separator(text: str | None, path: Path) -> str:
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `data` with its subcommands to a parent parser's subparsers; returns the `data` parser."""
     data = subparsers.add_parser("data", help="fetch and prepare interaction datasets")
+    data.set_defaults(func=run_data)
     sub = data.add_subparsers(dest="data_command", required=True)
 
     fetch = sub.add_parser("fetch", help="download a public dataset (sha256-checked)")

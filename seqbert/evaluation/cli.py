@@ -61,6 +61,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default="Ranking evaluation")
+    p.set_defaults(func=run_evaluate)
     return p
 
 
