@@ -6,7 +6,7 @@ python datasets/prepare.py custom --interactions log.csv --user-col u --item-col
 
 import sys
 
-from seqbert.data.cli import main
+from seqbert.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["data", "prepare", *sys.argv[1:]]))

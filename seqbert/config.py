@@ -117,6 +117,11 @@ def load_config(
     return _build(cls, data, where)
 
 
+def build_config(cls: type[T], data: dict, where: str | None = None) -> T:
+    """Build `cls` from a plain mapping (as read from YAML), validated like `load_config`."""
+    return _build(cls, data, where or cls.__name__)
+
+
 def config_to_dict(config: Any) -> dict:
     """A config dataclass as plain JSON/YAML-able data (for run directories)."""
     return dataclasses.asdict(config)

@@ -238,7 +238,7 @@ def run_pipeline_cli(args) -> int:
     import json
     from pathlib import Path
 
-    from seqbert.data.interactions import load_prepared
+    from seqbert.recommender import load_recommender, run_dataset
     from seqbert.retrieval.index import IndexConfig
     from seqbert.retrieval.items import (
         full_ranking,
@@ -247,20 +247,22 @@ def run_pipeline_cli(args) -> int:
         recent_items_retriever,
         test_queries,
     )
-    from seqbert.tasks.bert4rec import load_recommender
 
-    model, vocab = load_recommender(args.run_dir)
-    data_dir = Path(args.run_dir) / "data"
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"{data_dir}: no prepared split next to the model (a recipe run directory?)")
-    ds = load_prepared(data_dir)
+    if args.depth < 1:
+        raise ValueError(f"--depth must be >= 1, got {args.depth}")
+    model, vocab, _ = load_recommender(args.run_dir)
+    ds = run_dataset(args.run_dir)
+    if ds is None:
+        raise FileNotFoundError(
+            f"{args.run_dir}: no prepared data next to the model (a `seqbert train` run?)"
+        )
     queries, rel_ids = test_queries(ds, args.max_users)
     if args.retriever == "recent":
         retrieve = recent_items_retriever(model, args.depth)
     else:
         source = model
         if args.retriever_run:
-            source, other = load_recommender(args.retriever_run)
+            source, other, _ = load_recommender(args.retriever_run)
             if other != vocab:
                 raise ValueError(f"{args.retriever_run}: its item vocabulary differs from {args.run_dir}'s")
         retrieve = model_retriever(

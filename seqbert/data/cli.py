@@ -15,23 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
 from seqbert.data import interactions as inter
 from seqbert.data import sources
-
-# name -> (source name, reader); the reader matches the file format of the source
-BUILTIN: dict[str, tuple[str, Callable[[Path], pl.LazyFrame]]] = {
-    "ml-1m": ("ml-1m", inter.scan_pairs),
-    "ml-1m-raw": ("ml-1m-raw", inter.scan_grouplens_dat),
-    "ml-100k": ("ml-100k", inter.scan_udata),
-    "beauty": ("beauty", inter.scan_pairs),
-}
+from seqbert.data.registry import DATASETS
 
 
 def prepare(
@@ -67,7 +58,7 @@ def prepare(
     return inter.save_prepared(dataset, out_dir, source_files, extra)
 
 
-def _separator(text: str | None, path: Path) -> str:
+def separator(text: str | None, path: Path) -> str:
     if text is None:
         return "\t" if path.suffix in (".tsv", ".tab") else ","
     return {"\\t": "\t", "tab": "\t", "space": " "}.get(text, text)
@@ -85,7 +76,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     fetch.add_argument("--force", action="store_true", help="download again even if the file exists")
 
     prep = sub.add_parser("prepare", help="log -> chronological sequences -> split -> OUT (parquet + json)")
-    prep.add_argument("name", choices=[*BUILTIN, "custom"])
+    prep.add_argument("name", choices=[*DATASETS, "custom"])
     prep.add_argument("--out", required=True, type=Path, help="output directory")
     prep.add_argument("--data-dir", default=None, help=f"default: ${sources.DATA_DIR_ENV}")
     prep.add_argument("--interactions", type=Path, help="custom: CSV/TSV with a header, or parquet")
@@ -109,26 +100,22 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_data(args: argparse.Namespace) -> int:
-    """Run a parsed `data` command; errors about input go to stderr with exit code 2."""
-    try:
-        if args.data_command == "fetch":
-            path = sources.fetch(args.name, args.data_dir, force=args.force)
-            print(f"{args.name}: {path}")
-        elif args.data_command == "prepare":
-            start = time.perf_counter()
-            stats = _run_prepare(args)
-            took = time.perf_counter() - start
-            print(
-                f"{args.name}: {stats['users']:,} users, {stats['items']:,} items, "
-                f"{stats['interactions']:,} interactions -> {args.out} ({took:.1f}s)"
-            )
-        elif args.data_command == "stats":
-            inter.load_prepared(args.dir)
-            print(json.dumps(inter.load_stats(args.dir), indent=2))
-        return 0
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Run a parsed `data` command (expected errors are raised for the CLI's one error policy)."""
+    if args.data_command == "fetch":
+        path = sources.fetch(args.name, args.data_dir, force=args.force)
+        print(f"{args.name}: {path}")
+    elif args.data_command == "prepare":
+        start = time.perf_counter()
+        stats = _run_prepare(args)
+        took = time.perf_counter() - start
+        print(
+            f"{args.name}: {stats['users']:,} users, {stats['items']:,} items, "
+            f"{stats['interactions']:,} interactions, repeat rate {stats['repeat_rate']:.2%} -> {args.out} ({took:.1f}s)"
+        )
+    elif args.data_command == "stats":
+        inter.load_prepared(args.dir)
+        print(json.dumps(inter.load_stats(args.dir), indent=2))
+    return 0
 
 
 def _run_prepare(args: argparse.Namespace) -> dict:
@@ -139,21 +126,10 @@ def _run_prepare(args: argparse.Namespace) -> dict:
                 raise ValueError(f"prepare custom needs --{flag.replace('_', '-')}")
         path = args.interactions
         lf = inter.scan_table(
-            path, args.user_col, args.item_col, args.time_col, args.rating_col, _separator(args.sep, path)
+            path, args.user_col, args.item_col, args.time_col, args.rating_col, separator(args.sep, path)
         )
     else:
-        source_name, reader = BUILTIN[args.name]
-        path = sources.locate(source_name, args.data_dir)
-        lf = reader(path)
+        dataset = DATASETS[args.name]
+        path = sources.locate(dataset.source, args.data_dir)
+        lf = dataset.scan(path)
     return prepare(lf, [path], args.out, filters, args.split, args.cutoff, args.cutoff_quantile, args.name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m seqbert.data.cli data prepare ...`, datasets/prepare.py)."""
-    parser = argparse.ArgumentParser(prog="seqbert")
-    add_data_parser(parser.add_subparsers(dest="command", required=True))
-    return run_data(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -105,9 +105,14 @@ def run_job(
     data_dir: str | None = None,
 ) -> dict:
     """Validate, lock `out`, bind it to this job and data, run the job; returns its summary."""
+    name, config = load_job_config(config_path, overrides)
+    return run_config(name, config, out, data_dir)
+
+
+def run_config(name: str, config: Any, out: str | Path, data_dir: str | None = None) -> dict:
+    """Run job `name` with a built config (the Python API's entry): the same checks and lock as `run_job`."""
     from seqbert.training.checkpoint import RunLock
 
-    name, config = load_job_config(config_path, overrides)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, expected a directory")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqbert.data.masking import mask_tokens
-from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID, ItemVocab
+from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID
 from seqbert.model.bert import Bert, BertConfig, init_weights
 from seqbert.model.heads import IGNORE_INDEX, MLMHead
 
@@ -314,40 +313,6 @@ def candidate_scores(
     return scores.masked_fill(invalid, float("-inf"))
 
 
-@torch.no_grad()
-def recommend(
-    model: SeqRecommender,
-    vocab: ItemVocab,
-    history: Sequence[str],
-    k: int = 10,
-    exclude_seen: bool = True,
-    skip_unknown: bool = False,
-) -> list[tuple[str, float]]:
-    """Top-k (external item id, score) for any item history; no user id needed, so new users work.
-
-    Unknown items raise a KeyError naming them, unless `skip_unknown=True` drops them explicitly; they are
-    never mapped to another item.
-    """
-    known = [item for item in history if item in vocab]
-    unknown = [item for item in history if item not in vocab]
-    if unknown and not skip_unknown:
-        raise KeyError(
-            f"unknown item ids {unknown[:10]} (not in the training vocabulary); pass skip_unknown=True to drop them"
-        )
-    ids = vocab.encode_many(known)
-    if model.rec_config.objective == "next_item" and len(ids) == 0:
-        raise ValueError("a next_item model needs at least one known item in the history")
-    was_training = model.training
-    model.eval()
-    scores = score_histories(model, [ids])[0]  # (V,)
-    model.train(was_training)
-    if exclude_seen and len(ids):
-        scores[torch.from_numpy(ids)] = float("-inf")
-    k = min(k, int(torch.isfinite(scores).sum()))
-    top = scores.topk(k)
-    return [(vocab.decode(int(i)), float(s)) for s, i in zip(top.values, top.indices)]
-
-
 class MostPop:
     """Recommend the most interacted-with training items to everyone (the baseline every model must beat)."""
 
@@ -361,24 +326,3 @@ class MostPop:
 
     def score_histories(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         return self.scores.expand(len(histories), -1)  # (B, V)
-
-
-def load_recommender(model_dir: str | Path) -> tuple[SeqRecommender, ItemVocab]:
-    """Rebuild a saved recommender (model.safetensors + model.json + vocab.json, as the recipe writes)."""
-    from seqbert.training.checkpoint import load_model_state
-
-    model_dir = Path(model_dir)
-    if (model_dir / "model").is_dir():  # a recipe's run directory
-        model_dir = model_dir / "model"
-    state, meta = load_model_state(model_dir)
-    for key in ("bert", "task"):
-        if key not in meta:
-            raise ValueError(
-                f"{model_dir / 'model.json'}: missing {key!r}; was this saved by recipes/bert4rec.py?"
-            )
-    task = dict(meta["task"])
-    task["replace_probs"] = tuple(task["replace_probs"])
-    model = SeqRecommender(BertConfig(**meta["bert"]), RecConfig(**task))
-    model.load_state_dict(state)
-    model.eval()
-    return model, ItemVocab.load(model_dir / "vocab.json")
