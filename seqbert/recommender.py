@@ -171,14 +171,18 @@ class Recommender:
         temporary directory by default), exactly as `seqbert train` would write it."""
         from seqbert.jobs import run_config
 
-        frame = interactions if isinstance(interactions, pl.DataFrame) else pl.from_pandas(interactions)
-        missing = [c for c in (user_col, item_col, time_col) if c is not None and c not in frame.columns]
+        columns = [c for c in (user_col, item_col, time_col) if c is not None]
+        missing = [c for c in columns if c not in interactions.columns]
         if missing:
-            raise ValueError(f"fit: unknown column(s) {missing}; the frame has {frame.columns}")
+            raise ValueError(f"fit: unknown column(s) {missing}; the frame has {list(interactions.columns)}")
+        if isinstance(interactions, pl.DataFrame):
+            frame = interactions.select(columns)
+        else:  # pandas, column by column (pl.from_pandas needs pyarrow for object columns)
+            frame = pl.DataFrame({c: interactions[c].tolist() for c in columns})
         out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="seqbert-fit-"))
         out.mkdir(parents=True, exist_ok=True)
         source = out / "interactions.parquet"
-        frame.select([c for c in (user_col, item_col, time_col) if c is not None]).write_parquet(source)
+        frame.write_parquet(source)
         data = dataclasses.replace(
             self.config.data, name=None, prepared=None, interactions=str(source),
             user_col=user_col, item_col=item_col, time_col=time_col,
@@ -327,12 +331,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _write_rows(frame: pl.DataFrame, path: Path, part: Path | None, first: bool) -> None:
-    """Append one chunk: text formats to the open file, parquet as one part file (combined at the end)."""
+def _write_rows(frame: pl.DataFrame, path: Path, suffix: str, part: Path | None, first: bool) -> None:
+    """Append one chunk: text formats to `path`, parquet as one part file (combined at the end)."""
     if part is not None:
         frame.write_parquet(part)
         return
-    suffix = path.suffix
     with path.open("a" if not first else "w") as f:
         if suffix in (".csv", ".tsv"):
             f.write(frame.select("user", "item", "rank", "score").write_csv(
@@ -395,7 +398,9 @@ def write_recommendations(
             rows = users[start : start + batch_size]
             ids, scores = rec.topk([inputs[u] for u in rows], k, exclude_seen)
             frame = rec._frame([ds.users[u] for u in rows], ids, scores)
-            _write_rows(frame, tmp_text, None if parts is None else parts / f"{n:06d}.parquet", n == 0)
+            _write_rows(
+                frame, tmp_text, out.suffix, None if parts is None else parts / f"{n:06d}.parquet", n == 0
+            )
         if parts is not None:
             files = sorted(parts.glob("*.parquet"))
             if files:

@@ -230,6 +230,15 @@ def test_protocols(ds: inter.SequenceDataset, out: Path, seed: int) -> dict:
     counts = np.bincount(np.concatenate([*hist, targets]), minlength=ds.vocab.size).astype(np.float64)
     counts[:FIRST_ITEM_ID] = 0
     (out / "eval").mkdir(parents=True, exist_ok=True)
+    # pop100 / uni100 need 100 unseen items for every user; a small catalogue gets the full protocol only
+    most_seen = max((len(np.unique(np.append(h, t))) for h, t in zip(hist, targets)), default=0)
+    if ds.vocab.num_items - most_seen < 100:
+        log.warning(
+            "pop100/uni100 skipped: a user has seen all but %d of the %d items",
+            ds.vocab.num_items - most_seen,
+            ds.vocab.num_items,
+        )
+        return {"users": users, "histories": hist, "targets": targets, "negatives": {}}
     negs = {
         name: load_or_sample_negatives(
             out / "eval" / f"negatives_{name}_seed{seed}.npz",
