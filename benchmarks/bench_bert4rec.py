@@ -3,7 +3,7 @@
     python benchmarks/bench_bert4rec.py --config recipes/bert4rec_ml1m.yaml --run-dir runs/bert4rec-ml1m \
         --name bert4rec_ml1m --data-dir DIR [--reuse] [--set train.max_seconds=3600]
 
-Trains with the recipe (or, with --reuse, reads a finished run directory), then writes
+Trains with `seqbert train` (or, with --reuse, reads a finished run directory), then writes
 benchmarks/results/NAME.json (full / pop100 / uni100 metrics, train_seconds, seconds to reach full-ranking
 NDCG@10 0.1537, full-ranking evaluation time for all users, epoch time, peak RSS, the command) and
 benchmarks/results/NAME_curve.png (test NDCG@10 against wall-clock seconds; the curve is logged at every
@@ -13,16 +13,21 @@ validation and never used for model selection).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from seqbert.data.vocab import MASK_ID, NO_TARGET, PAD_ID
+from seqbert.evaluation.ranking import evaluate_ranking
+from seqbert.jobs import run_job
+from seqbert.recommender import Recommender, run_dataset
+from seqbert.tasks.bert4rec import RecConfig, training_windows
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bert4rec_recipe", ROOT / "recipes" / "bert4rec.py")
-recipe = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = recipe
-_spec.loader.exec_module(recipe)
 
 TARGET = 0.1537  # Klenitskiy & Vasilev (2023), BERT4Rec full-ranking NDCG@10 on ML-1M
 
@@ -30,7 +35,7 @@ TARGET = 0.1537  # Klenitskiy & Vasilev (2023), BERT4Rec full-ranking NDCG@10 on
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # a script: switching the backend here touches no user's session
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -51,25 +56,18 @@ def plot_curve(curve: list[dict], path: Path, title: str) -> None:
 
 def retime_eval(run_dir: Path, repeats: int = 3) -> float:
     """Seconds to rank the whole catalogue for every test user (seen items excluded), best of `repeats`."""
-    import time
-
-    import numpy as np
-    import torch
-
-    from seqbert.tasks.bert4rec import load_recommender
-
-    model, vocab = load_recommender(run_dir / "model")
-    ds = recipe.inter.load_prepared(run_dir / "data")
-    users = np.flatnonzero(ds.test_targets != recipe.NO_TARGET)
+    rec = Recommender.load(run_dir)
+    ds = run_dataset(run_dir)
+    users = np.flatnonzero(ds.test_targets != NO_TARGET)
     inputs = ds.test_inputs()
     hist, targets = [inputs[u] for u in users], ds.test_targets[users]
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.no_grad():
-            recipe.evaluate_ranking(
-                lambda h: recipe.score_histories(model, h), hist, targets, num_items=vocab.size,
-                batch_size=512, exclude_ids=(recipe.PAD_ID, recipe.MASK_ID), sort_by_length=True,
+            evaluate_ranking(
+                rec.score_histories, hist, targets, num_items=rec.vocab.size,
+                batch_size=512, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True,
             )  # fmt: skip
         best = min(best, time.perf_counter() - t0)
     print(f"full-ranking evaluation of {len(users)} users: {best:.2f} s (best of {repeats})")
@@ -96,8 +94,7 @@ def main() -> int:
     if args.reuse:
         summary = json.loads((run_dir / "metrics.json").read_text())
     else:
-        cfg = recipe.load_config(recipe.RecipeConfig, args.config, args.set)
-        summary = recipe.main(cfg, run_dir, args.data_dir)
+        summary = run_job(args.config, run_dir, args.set, args.data_dir)
     steps_log = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["items_per_s"] for r in steps_log if "eval" not in r and r.get("items_per_s")]
     windows = summary.get("train_windows")
@@ -105,8 +102,8 @@ def main() -> int:
         task = dict(
             summary["config"]["task"], replace_probs=tuple(summary["config"]["task"]["replace_probs"])
         )
-        ds = recipe.inter.load_prepared(run_dir / "data")
-        windows = len(recipe.training_windows(ds.train_sequences, recipe.RecConfig(**task)))
+        task.pop("loss_norm", None)
+        windows = len(training_windows(run_dataset(run_dir).train_sequences, RecConfig(**task)))
     rate = sorted(rates)[len(rates) // 2] if rates else None
     eval_seconds = summary["eval_seconds_full"]
     if args.retime_eval:
@@ -124,7 +121,7 @@ def main() -> int:
         "best_valid": summary["best_valid"],
         f"seconds_to_full_ndcg10_{TARGET}": reached[0] if reached else None,
         "eval_seconds_full": eval_seconds,
-        "eval_threads": __import__("torch").get_num_threads(),
+        "eval_threads": torch.get_num_threads(),
         "epoch_seconds": windows / rate if windows and rate else None,
         "median_train_windows_per_s": rate,
         "peak_rss_mb": summary["peak_rss_mb"],
