@@ -559,13 +559,18 @@ def _verify_best(
     if state.best_step is None or state.best_step == resumed.step:
         return
     best = checkpoint_dir(run_dir, state.best_step)
+    quarantined = best.with_name(best.name + ".corrupt")
+    if not best.exists() and quarantined.exists():
+        log.warning("the best checkpoint was set aside as damaged by an earlier call: %s", quarantined)
+        _fall_back_to_best_valid(run_dir, state, config)
+        return
     try:
         read_checkpoint(best)
         return
     except CheckpointError as e:
         log.warning("the best checkpoint is damaged: %s", e)
     if rank0 and best.is_dir():
-        os.replace(best, best.with_name(best.name + ".corrupt"))
+        os.replace(best, quarantined)
     _fall_back_to_best_valid(run_dir, state, config)
 
 
