@@ -9,8 +9,9 @@ A training checkpoint is a directory `run_dir/checkpoints/step-00000120/` holdin
 It is written into a hidden temporary directory, every file fsync'ed, then renamed into place, so a crash
 mid-write leaves at most a stray `.tmp-*` directory (removed on resume) and never a half-written `step-*`
 one. Final models (`save_model`) are two files, each written to a temporary name and renamed over. Reading checks
-every file (sizes, safetensors headers) before anything is applied; a damaged checkpoint raises
-`CheckpointError` naming the file, and `find_resumable` then falls back to the previous one.
+every file (sizes, safetensors headers, finite model weights) before anything is applied; a damaged checkpoint
+raises `CheckpointError` naming the file, and `find_resumable` then falls back to the previous one (the
+training loop likewise falls back from a damaged best checkpoint to the best valid one).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON in `path`; a missing or unreadable file raises CheckpointError naming it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
@@ -208,9 +210,20 @@ def _write_model_file(path: Path, model: nn.Module) -> None:
 
 
 def read_model_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A `model.safetensors` written here as a state dict, tied names restored (they share one tensor)."""
+    """A `model.safetensors` written here as a state dict, tied names restored (they share one tensor).
+
+    A NaN or Inf in any floating-point tensor raises CheckpointError naming the file and the tensor: the
+    training loop never saves one (it stops on a non-finite loss), so it means damage, and such a model
+    would otherwise load and serve garbage (a NaN score ranks nothing) without an error.
+    """
     path = Path(path)
     tensors, metadata = _read_safetensors(path)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad} NaN/Inf value(s) of {tensor.numel()}: damaged weights"
+            )
     try:
         aliases = json.loads(metadata.get("aliases", "{}"))
     except ValueError as e:
@@ -238,7 +251,7 @@ def load_model_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], di
     """(state dict with tied names restored, the JSON saved beside it) from a `save_model` directory.
     `model.load_state_dict(state)` then works with strict=True; tied tensors share one loaded tensor."""
     directory = Path(directory)
-    return read_model_file(directory / MODEL_FILE), _read_json(directory / MODEL_JSON)
+    return read_model_file(directory / MODEL_FILE), read_json(directory / MODEL_JSON)
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
@@ -361,7 +374,7 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check every file of a checkpoint directory; `CheckpointError` names the first bad file."""
     path = Path(path)
-    state = _read_json(path / STATE_FILE)
+    state = read_json(path / STATE_FILE)
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "files" not in state:
         raise CheckpointError(f"{path / STATE_FILE}: expected an object with 'step' and 'files'")
     for name, size in state["files"].items():

@@ -18,6 +18,9 @@ Batch = dict[str, torch.Tensor]
 Collate = Callable[[Batch, torch.Generator], Batch]
 
 _SHUFFLE_STREAM, _BATCH_STREAM = 0, 1  # keep the epoch-order and per-batch generators independent
+# Batch keys whose tensor belongs to the whole batch, not to one example: every rank gets it whole. A name,
+# not a shape test, decides: K sampled negatives would pass for a batch dimension whenever K == B.
+SHARED_KEYS = frozenset({"negatives"})
 
 
 class BatchSource(Protocol):
@@ -36,22 +39,30 @@ def seeded_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def shard(batch: Batch, rank: int, world_size: int) -> Batch:
-    """Rows [rank * B / W, (rank + 1) * B / W) of every tensor; B must divide evenly so that the mean of the
-    ranks' per-example mean losses equals the global batch's mean loss."""
+def shard(batch: Batch, rank: int, world_size: int, shared: frozenset[str] = SHARED_KEYS) -> Batch:
+    """Rows [rank * B / W, (rank + 1) * B / W) of every per-example tensor; B must divide evenly so that the
+    mean of the ranks' per-example mean losses equals the global batch's mean loss. Tensors under a key in
+    `shared` belong to the whole batch (e.g. one set of sampled negatives) and go whole to every rank."""
     if world_size == 1:
         return batch
-    sizes = {k: v.shape[0] for k, v in batch.items()}
+    sizes = {k: v.shape[0] if v.dim() else None for k, v in batch.items() if k not in shared}
+    if not sizes:
+        raise ValueError(
+            f"a batch needs at least one per-example tensor to be sharded, got keys {sorted(batch)}"
+        )
     size = next(iter(sizes.values()))
-    if any(s != size for s in sizes.values()):
-        raise ValueError(f"every batch tensor must have the same first dimension to be sharded, got {sizes}")
+    if size is None or any(s != size for s in sizes.values()):
+        raise ValueError(
+            f"every per-example batch tensor must have the same first dimension to be sharded, got {sizes}; "
+            f"tensors shared by the whole batch must use one of the keys {sorted(shared)}"
+        )
     if size % world_size != 0:
         raise ValueError(
             f"global batch of {size} rows does not split evenly over {world_size} processes; "
             "use a batch_size divisible by the world size and drop_last=True"
         )
     per = size // world_size
-    return {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
+    return {k: v if k in shared else v[rank * per : (rank + 1) * per] for k, v in batch.items()}
 
 
 class TensorBatchSource:
@@ -59,7 +70,8 @@ class TensorBatchSource:
 
     `batch_size` is the global batch (all processes together). `collate(rows, generator)` turns the raw rows
     of one global batch into the model's batch, e.g. dynamic masking; `generator` is seeded by
-    (seed, epoch, batch index), and every tensor it returns must keep one row per example.
+    (seed, epoch, batch index), and every tensor it returns must keep one row per example, except those under
+    a key of `SHARED_KEYS` (e.g. "negatives": one set of sampled items shared by the batch).
 
     Length bucketing: with `lengths` (N,) and `bucket_batches` = C > 0, each epoch's shuffled order is cut
     into chunks of C batches, each chunk is sorted by length, and then the order of the whole batches is

@@ -2,12 +2,13 @@
 
 `train(model, source, config, run_dir, evaluate)` trains any nn.Module whose `forward(batch)` returns an
 object with a scalar `.loss` (PreTrainingOutput, ClassifierOutput, ...). Per optimizer step: set the LR
-from the step (`lr_at`), run `grad_accum` micro-batches under autocast, clip, step; then log, maybe
-evaluate, maybe checkpoint. Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DDP and every rank
+from the step (`lr_at`) or from the spent share of a time budget (`lr_at_progress`), run `grad_accum`
+micro-batches under autocast, clip, step; then log, maybe evaluate, maybe checkpoint. Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DDP and every rank
 reads its slice of each global batch, so the optimizer sees the same global batch whatever the world size.
 
-Resume is exact: a checkpoint holds the model, AdamW's moments, the step (the LR is a function of it), the
-data position (epoch, batch index; batches are pure functions of those) and every RNG state (dropout).
+Resume is exact: a checkpoint holds the model, AdamW's moments, the step and the training seconds (the LR
+is a function of one of them), the data position (epoch, batch index; batches are pure functions of those)
+and every RNG state (dropout).
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from seqbert.training.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
     Checkpoint,
+    CheckpointError,
     checkpoint_dir,
     find_resumable,
     list_checkpoints,
     prune_checkpoints,
+    read_checkpoint,
+    read_json,
     read_model_file,
     rng_state,
     save_checkpoint,
@@ -44,7 +50,7 @@ from seqbert.training.checkpoint import (
     truncate_metrics,
 )
 from seqbert.training.data import Batch, BatchSource
-from seqbert.training.optim import SCHEDULES, configure_optimizer, lr_at
+from seqbert.training.optim import SCHEDULES, configure_optimizer, lr_at, lr_at_progress
 from seqbert.training.precision import (
     PRECISIONS,
     autocast,
@@ -58,6 +64,8 @@ from seqbert.training.precision import (
 log = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
+Clock = Callable[[], float]  # seconds from an arbitrary origin; tests pass a fake one
+SCHEDULE_CLOCKS = ("steps", "time")
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,17 @@ class TrainConfig:
     """How to train; every field is validated on construction. 0 turns an `*_every` schedule off.
 
     `checkpoint_every=0` still writes a checkpoint when training stops and whenever the early-stopping
-    metric improves (that checkpoint is kept as the best). `max_seconds` bounds this call's wall-clock
-    time (a resumed call gets a fresh budget); `patience` counts evaluations without improvement.
+    metric improves (that checkpoint is kept as the best). `patience` counts evaluations without improvement.
+
+    Two clocks drive the LR schedule (`schedule_clock`):
+    - "steps" (default): warm-up over `warmup_steps`, decay over `max_steps` (`lr_at`). `max_seconds`, if
+      set, only bounds this call's wall-clock time, evaluations included (a resumed call gets a fresh budget).
+    - "time": the schedule's progress is train_seconds / `max_seconds` (`lr_at_progress`), warm-up over the
+      first `warmup_fraction` of it, so a run on any machine ends with the LR decayed to its floor.
+      `max_seconds` is then the TOTAL training budget over all calls (a resumed call continues from the
+      seconds saved in its checkpoint) and training stops when it is spent; `max_steps` stays an upper bound.
+      The clock counts training only: seconds spent in `evaluate` are excluded (they still count in the
+      wall-clock `seconds` of metrics.jsonl), so that evaluating more often does not shorten training.
     """
 
     max_steps: int
@@ -74,8 +91,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # schedule_clock="steps" only
+    warmup_fraction: float = 0.0  # schedule_clock="time" only: share of max_seconds spent warming up
     schedule: str = "linear"  # one of SCHEDULES
+    schedule_clock: str = "steps"  # one of SCHEDULE_CLOCKS: what the schedule's progress counts
     min_lr_ratio: float = 0.0  # the LR decays to min_lr_ratio * lr
     grad_accum: int = 1
     clip_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
@@ -138,6 +157,25 @@ class TrainConfig:
             )
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"TrainConfig.max_seconds must be > 0 or None, got {self.max_seconds!r}")
+        if self.schedule_clock not in SCHEDULE_CLOCKS:
+            raise ValueError(
+                f"TrainConfig.schedule_clock must be one of {SCHEDULE_CLOCKS}, got {self.schedule_clock!r}"
+            )
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"TrainConfig.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if self.schedule_clock == "time":
+            if self.max_seconds is None:
+                raise ValueError("TrainConfig.max_seconds must be set when schedule_clock is 'time'")
+            if self.warmup_steps:
+                raise ValueError(
+                    f"TrainConfig.warmup_steps ({self.warmup_steps}) counts steps, but schedule_clock is "
+                    "'time': set warmup_steps to 0 and warm up with warmup_fraction (e.g. 0.05)"
+                )
+        elif self.warmup_fraction:
+            raise ValueError(
+                f"TrainConfig.warmup_fraction ({self.warmup_fraction}) needs schedule_clock 'time'; "
+                "with schedule_clock 'steps' use warmup_steps"
+            )
 
 
 @dataclass
@@ -147,11 +185,13 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0
     batch: int = 0  # the next global batch index within `epoch`
-    seconds: float = 0.0  # wall-clock seconds over all calls
+    seconds: float = 0.0  # wall-clock seconds over all calls, evaluations included
+    train_seconds: float = 0.0  # the same without the seconds spent in evaluate(): the "time" schedule clock
     best_metric: float | None = None
     best_step: int | None = None
     bad_evals: int = 0  # evaluations since the best one
     last_eval: dict[str, float] = field(default_factory=dict)
+    eval_step: int | None = None  # the step `last_eval` was measured at
     stop_reason: str | None = None
 
 
@@ -162,7 +202,8 @@ class TrainResult:
     best_metric: float | None
     best_step: int | None
     last_eval: dict[str, float]
-    seconds: float
+    seconds: float  # wall-clock, over all calls
+    train_seconds: float  # without evaluations, over all calls
     checkpoint: Path | None  # the last checkpoint written or resumed from
 
 
@@ -176,10 +217,12 @@ def train(
     config: TrainConfig,
     run_dir: str | Path,
     evaluate: Evaluate | None = None,
+    clock: Clock = time.perf_counter,
 ) -> TrainResult:
     """Train `model` in place; checkpoints and metrics.jsonl go to `run_dir`, resumed from when present.
 
     `evaluate(model) -> {"name": value}` runs under torch.no_grad() with the model in eval mode, on rank 0.
+    `clock() -> seconds` is the only source of time (budgets, the "time" schedule, logged seconds).
     """
     if config.early_stopping_metric and evaluate is None:
         raise ValueError("TrainConfig.early_stopping_metric is set but no evaluate callback was given")
@@ -192,7 +235,9 @@ def train(
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     try:
-        return _train(model, source, config, Path(run_dir), evaluate, device, precision, rank, world_size)
+        return _train(
+            model, source, config, Path(run_dir), evaluate, clock, device, precision, rank, world_size
+        )
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         if owns_group:
@@ -205,6 +250,7 @@ def _train(
     config: TrainConfig,
     run_dir: Path,
     evaluate: Evaluate | None,
+    clock: Clock,
     device: torch.device,
     precision: str,
     rank: int,
@@ -227,6 +273,7 @@ def _train(
     else:
         _apply_checkpoint(checkpoint, model, optimizer, scaler, state, rank)
         log.info("resumed from %s (step %d)", checkpoint.path, state.step)
+        _verify_best(run_dir, checkpoint, state, config, rank == 0)
     last_checkpoint = checkpoint.path if checkpoint is not None else None
     metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:  # drop the lines an interrupted run wrote after its last checkpoint
@@ -245,13 +292,15 @@ def _train(
     bar = tqdm(
         total=config.max_steps, initial=state.step, disable=not (config.progress and rank == 0), desc="train"
     )
-    t_start, seconds_before = time.perf_counter(), state.seconds
-    t_log, items = t_start, 0
+    timed = config.schedule_clock == "time"
+    t_start, seconds_before = clock(), state.seconds
+    t_log, t_mark, items = t_start, t_start, 0  # t_mark: where the training clock last read
     model.train()
     while state.stop_reason is None and state.step < config.max_steps:
-        lr = lr_at(
-            state.step, config.lr, config.warmup_steps, config.max_steps, config.schedule, config.min_lr_ratio
-        )
+        if timed and state.train_seconds >= config.max_seconds:  # resumed with the budget already spent
+            state.stop_reason = "time_budget"
+            break
+        lr = _learning_rate(config, state)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
@@ -270,13 +319,21 @@ def _train(
         if state.batch >= source.num_batches(state.epoch):
             state.epoch, state.batch = state.epoch + 1, 0
 
-        # one all-reduce carries the mean loss and whether any rank ran out of time, so all ranks agree
-        out_of_time = config.max_seconds is not None and time.perf_counter() - t_start >= config.max_seconds
+        # one all-reduce carries the mean loss, the mean training seconds of this step and whether any rank
+        # ran out of time, so all ranks agree on the LR schedule and on when to stop
+        now = clock()
+        step_seconds, t_mark = now - t_mark, now
+        out_of_time = config.max_seconds is not None and not timed and now - t_start >= config.max_seconds
         flags = torch.stack([loss_sum / config.grad_accum, torch.tensor(float(out_of_time), device=device)])
         if world_size > 1:
+            flags = torch.cat([flags, torch.tensor([step_seconds], device=device)])
             dist.all_reduce(flags)
             flags[0] /= world_size
+            step_seconds = flags[2].item() / world_size
         loss_value, out_of_time = flags[0].item(), flags[1].item() > 0
+        state.train_seconds += step_seconds
+        if timed:
+            out_of_time = state.train_seconds >= config.max_seconds
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(_diverged("loss", loss_value, state, last_checkpoint))
         if scaler.is_enabled():
@@ -291,15 +348,20 @@ def _train(
         state.step += 1
 
         # ---- log, evaluate, checkpoint
-        now = time.perf_counter()
+        now = clock()
         state.seconds = seconds_before + now - t_start
         stop = "max_steps" if state.step >= config.max_steps else "time_budget" if out_of_time else None
-        throughput = round(items * world_size / (now - t_log), 1)  # items/s over all ranks since the last log
+        # items/s over all ranks since the last log
+        throughput = round(items * world_size / max(now - t_log, 1e-9), 1)
         record = dict(step=state.step, epoch=state.epoch, loss=loss_value, lr=lr, grad_norm=grad_norm)
-        record |= dict(seconds=round(state.seconds, 3), items_per_s=throughput)
+        record |= dict(seconds=round(state.seconds, 3), train_seconds=round(state.train_seconds, 3))
+        record |= dict(items_per_s=throughput)
         improved = False
         if evaluate is not None and (stop or (config.eval_every and state.step % config.eval_every == 0)):
+            t_eval = clock()
             record["eval"] = state.last_eval = _evaluate(evaluate, model, rank, world_size)
+            state.eval_step = state.step
+            t_mark += clock() - t_eval  # evaluation time is not training time
             if config.early_stopping_metric:
                 value = _metric(state.last_eval, config.early_stopping_metric)
                 if _is_better(value, state.best_metric, config.early_stopping_mode):
@@ -322,7 +384,13 @@ def _train(
     bar.close()
 
     if config.restore_best and state.best_step is not None:
-        model.load_state_dict(read_model_file(checkpoint_dir(run_dir, state.best_step) / "model.safetensors"))
+        try:
+            best = read_model_file(checkpoint_dir(run_dir, state.best_step) / MODEL_FILE)
+        except CheckpointError as e:  # damaged since it was verified: fall back as on resume
+            log.warning("the best checkpoint is damaged: %s", e)
+            best = _fall_back_to_best_valid(run_dir, state, config)
+        if best is not None:
+            model.load_state_dict(best)
     return TrainResult(
         step=state.step,
         stop_reason=state.stop_reason or "max_steps",
@@ -330,11 +398,21 @@ def _train(
         best_step=state.best_step,
         last_eval=state.last_eval,
         seconds=state.seconds,
+        train_seconds=state.train_seconds,
         checkpoint=last_checkpoint,
     )
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+
+
+def _learning_rate(config: TrainConfig, state: TrainState) -> float:
+    """The LR of the next step: a function of the steps taken, or of the training seconds spent."""
+    c = config
+    if c.schedule_clock == "time":
+        progress = state.train_seconds / c.max_seconds
+        return lr_at_progress(progress, c.lr, c.warmup_fraction, c.schedule, c.min_lr_ratio)
+    return lr_at(state.step, c.lr, c.warmup_steps, c.max_steps, c.schedule, c.min_lr_ratio)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -461,6 +539,8 @@ def _apply_checkpoint(
         scaler.load_state_dict(saved["scaler"])
     for key, value in saved["train_state"].items():
         setattr(state, key, value)
+    if "train_seconds" not in saved["train_state"]:  # a checkpoint from before the two clocks
+        state.train_seconds = state.seconds
     if state.stop_reason != "early_stopping":
         state.stop_reason = None  # a time budget or max_steps (now raised) stop is resumed past
     rngs = saved["rng"]
@@ -469,3 +549,71 @@ def _apply_checkpoint(
     else:
         log.warning("checkpoint %s has no RNG state for rank %d; seeding it afresh", checkpoint.path, rank)
         seed_everything(saved["config"]["seed"] + rank)
+
+
+def _verify_best(
+    run_dir: Path, resumed: Checkpoint, state: TrainState, config: TrainConfig, rank0: bool
+) -> None:
+    """On resume, read the best checkpoint too (it is restored at the end and kept by pruning); if it is
+    damaged, quarantine it and make the best valid checkpoint the best, so a retry does not fail again."""
+    if state.best_step is None or state.best_step == resumed.step:
+        return
+    best = checkpoint_dir(run_dir, state.best_step)
+    quarantined = best.with_name(best.name + ".corrupt")
+    if not best.exists() and quarantined.exists():
+        log.warning("the best checkpoint was set aside as damaged by an earlier call: %s", quarantined)
+        _fall_back_to_best_valid(run_dir, state, config)
+        return
+    try:
+        read_checkpoint(best)
+        return
+    except CheckpointError as e:
+        log.warning("the best checkpoint is damaged: %s", e)
+    if rank0 and best.is_dir():
+        os.replace(best, quarantined)
+    _fall_back_to_best_valid(run_dir, state, config)
+
+
+def _fall_back_to_best_valid(
+    run_dir: Path, state: TrainState, config: TrainConfig
+) -> dict[str, torch.Tensor] | None:
+    """Make the best checkpoint that reads cleanly the best (`state.best_*`) and return its weights; None,
+    with the best forgotten, when no valid checkpoint carries an evaluation of its own step.
+
+    A checkpoint's score is `early_stopping_metric` of the evaluation made at its own step (the `last_eval`
+    of its state.json when `eval_step` is its step; older checkpoints: `best_metric` when it was the best).
+    """
+    damaged = state.best_step
+    scored = []
+    for path in list_checkpoints(run_dir):
+        try:
+            saved = read_json(path / STATE_FILE)["train_state"]
+        except (CheckpointError, KeyError, TypeError):
+            continue
+        step = int(saved.get("step", -1))
+        if step == damaged:
+            continue
+        if saved.get("eval_step") == step and config.early_stopping_metric in saved.get("last_eval", {}):
+            scored.append((saved["last_eval"][config.early_stopping_metric], step, path))
+        elif saved.get("best_step") == step and saved.get("best_metric") is not None:
+            scored.append((saved["best_metric"], step, path))
+    scored = [c for c in scored if not math.isnan(c[0])]
+    scored.sort(key=lambda c: (c[0] if config.early_stopping_mode == "max" else -c[0], c[1]), reverse=True)
+    for value, step, path in scored:
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("skipping damaged checkpoint: %s", e)
+            continue
+        log.warning(
+            "the best checkpoint (step %s) is damaged; falling back to the best valid one, step %d (%s = %s)",
+            damaged, step, config.early_stopping_metric, value,
+        )  # fmt: skip
+        state.best_step, state.best_metric = step, value
+        return checkpoint.model_state
+    log.warning(
+        "the best checkpoint (step %s) is damaged and no other checkpoint has an evaluation of its own step; "
+        "keeping the current weights", damaged,
+    )  # fmt: skip
+    state.best_step = state.best_metric = None
+    return None

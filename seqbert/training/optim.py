@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay on matrices only, and the learning rate as a pure function of the step.
+"""AdamW with decoupled weight decay on matrices only, and the learning rate as a pure function of progress
+(the step, or the elapsed fraction of a time budget).
 
 Weight decay follows nanoGPT: every tensor with `dim >= 2` (linear weights, embeddings) decays; 1-D tensors
 (biases, LayerNorm gains and shifts) do not, because shrinking a bias or a norm gain towards 0 is not a
@@ -37,6 +38,35 @@ def configure_optimizer(
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
 
 
+def lr_at_progress(
+    progress: float,
+    base_lr: float,
+    warmup_fraction: float = 0.0,
+    schedule: str = "linear",
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """Learning rate at `progress` p in [0, 1] of a budget (steps or seconds); p > 1 reads as 1.
+
+    Warm-up:  lr = base_lr * p / warmup_fraction                      for p < warmup_fraction
+    Then, with q = (p - warmup_fraction) / (1 - warmup_fraction) in [0, 1] and floor = min_lr_ratio * base_lr:
+      linear:   lr = floor + (base_lr - floor) * (1 - q)
+      cosine:   lr = floor + (base_lr - floor) * (1 + cos(pi * q)) / 2
+      constant: lr = base_lr
+    So lr(0) = 0 with a warm-up (base_lr without), the peak at p = warmup_fraction and the floor at p = 1.
+    The time-clocked loop (`TrainConfig.schedule_clock="time"`) calls this with p = elapsed / max_seconds.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not progress >= 0:
+        raise ValueError(f"progress must be >= 0, got {progress}")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    progress = min(1.0, progress)
+    if progress < warmup_fraction:
+        return base_lr * progress / warmup_fraction
+    return _decayed((progress - warmup_fraction) / (1 - warmup_fraction), base_lr, schedule, min_lr_ratio)
+
+
 def lr_at(
     step: int,
     base_lr: float,
@@ -45,14 +75,10 @@ def lr_at(
     schedule: str = "linear",
     min_lr_ratio: float = 0.0,
 ) -> float:
-    """Learning rate for the optimizer step with 0-based index `step`.
+    """Learning rate for the optimizer step with 0-based index `step` (the step-clocked schedule).
 
     Warm-up:  lr = base_lr * (step + 1) / warmup_steps               for step < warmup_steps
-    Then, with progress p = (step - warmup_steps) / (max_steps - warmup_steps) in [0, 1) and
-    floor = min_lr_ratio * base_lr:
-      linear:   lr = floor + (base_lr - floor) * (1 - p)
-      cosine:   lr = floor + (base_lr - floor) * (1 + cos(pi * p)) / 2
-      constant: lr = base_lr
+    Then the decay of `lr_at_progress` with q = (step - warmup_steps) / (max_steps - warmup_steps).
     (step + 1) in the warm-up makes the first step's LR non-zero, so no step is wasted.
     """
     if schedule not in SCHEDULES:
@@ -61,10 +87,17 @@ def lr_at(
         raise ValueError(f"step must be >= 0, got {step}")
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    if schedule == "constant" or max_steps <= warmup_steps:
+    if max_steps <= warmup_steps:
         return base_lr
-    progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+    return _decayed((step - warmup_steps) / (max_steps - warmup_steps), base_lr, schedule, min_lr_ratio)
+
+
+def _decayed(q: float, base_lr: float, schedule: str, min_lr_ratio: float) -> float:
+    """The decay after warm-up at its own progress q (clipped to [0, 1])."""
+    if schedule == "constant":
+        return base_lr
+    q = min(1.0, q)
     floor = min_lr_ratio * base_lr
     if schedule == "linear":
-        return floor + (base_lr - floor) * (1.0 - progress)
-    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (base_lr - floor) * (1.0 - q)
+    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * q))

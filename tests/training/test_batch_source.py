@@ -89,3 +89,16 @@ def test_length_bucketing_keeps_every_row_once_and_groups_similar_lengths():
         TensorBatchSource(tensors, batch_size=16, bucket_batches=8)
     with pytest.raises(ValueError, match="lengths must have shape"):
         TensorBatchSource(tensors, batch_size=16, lengths=lengths[:10], bucket_batches=8)
+
+
+def test_shared_tensors_go_whole_to_every_rank():
+    # K = B = 4 negatives: a shape test could not tell them from a batch dimension, the key does
+    batch = {"x": torch.arange(8).view(4, 2), "negatives": torch.tensor([9, 8, 7, 6])}
+    parts = [shard(batch, rank, 2) for rank in range(2)]
+    assert torch.equal(torch.cat([p["x"] for p in parts]), batch["x"])
+    assert all(torch.equal(p["negatives"], batch["negatives"]) for p in parts)
+    assert shard(batch, 0, 2, shared=frozenset())["negatives"].tolist() == [9, 8]  # not shared: sliced
+    with pytest.raises(ValueError, match="same first dimension.*shared by the whole batch.*negatives"):
+        shard({"x": torch.zeros(4, 2), "extra": torch.zeros(3)}, 0, 2)
+    with pytest.raises(ValueError, match="at least one per-example tensor"):
+        shard({"negatives": torch.zeros(3)}, 0, 2)

@@ -1,6 +1,9 @@
 import json
 import os
 import random
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForPreTraining
 from seqbert.training.checkpoint import (
     CheckpointError,
+    RunLock,
     find_resumable,
     list_checkpoints,
     load_model_state,
@@ -191,3 +195,64 @@ def test_merge_json_sets_one_key_and_keeps_the_rest(tmp_path):
     merge_json(path, "a", {"x": 2})  # an existing key is replaced, not merged into
     assert json.loads(path.read_text()) == {"a": {"x": 2}, "b": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["retrieval.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_file_and_tensor(tmp_path, bad):
+    """A model file damaged without changing its size: the NaN/Inf would load and rank nothing."""
+    save_model(tmp_path / "final", tiny_mlm())
+    path = tmp_path / "final" / "model.safetensors"
+    with ckpt.safe_open(path, "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    size = path.stat().st_size
+    tensors["bert.embeddings.word.weight"][7, 3] = bad
+    ckpt.save_file(tensors, path, metadata=metadata)
+    assert path.stat().st_size == size
+    with pytest.raises(
+        CheckpointError,
+        match=r"final/model.safetensors: tensor 'bert.embeddings.word.weight' holds 1 NaN/Inf",
+    ):
+        load_model_state(tmp_path / "final")
+    # a checkpoint with such weights is damaged too: resume falls back to the one before it
+    model, optimizer = trained_pair()
+    save_checkpoint(tmp_path, 2, model, optimizer, {})
+    newest = save_checkpoint(tmp_path, 4, model, optimizer, {})
+    with ckpt.safe_open(newest / "model.safetensors", "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    next(iter(tensors.values())).view(-1)[0] = bad
+    ckpt.save_file(tensors, newest / "model.safetensors", metadata=metadata)
+    assert find_resumable(tmp_path).step == 2
+
+
+HOLD_LOCK = """
+import sys, time
+from seqbert.training.checkpoint import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_run_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            CheckpointError, match=re.escape(f"{run} is in use by another process (pid {holder.pid})")
+        ):
+            with RunLock(run):
+                pass
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock with the process
+        holder.wait()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    with RunLock(run) as lock:  # free again; this process now holds it, and its pid is recorded
+        assert (run / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(CheckpointError, match=f"pid {os.getpid()}"):  # a second lock in-process too
+            RunLock(run).__enter__()
+        assert lock._fd is not None
+    with RunLock(run):  # released on exit
+        pass

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+import seqbert.training.checkpoint as ckpt
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForSequenceClassification
 from seqbert.training import NonFiniteLossError, TensorBatchSource, TrainConfig, train
 from seqbert.training.checkpoint import list_checkpoints, read_checkpoint
+from seqbert.training.optim import lr_at_progress
 
 
 @dataclass
@@ -225,3 +228,164 @@ def test_patience_needs_a_metric_and_evaluations():
 def test_a_metric_without_evaluate_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no evaluate callback"):
         train(fresh(), regression_source(), config(early_stopping_metric="acc"), tmp_path)
+
+
+# ----------------------------------------------------------------------------- the time-clocked schedule
+
+
+class FakeClock:
+    """Seconds that pass only when the test says so: the loop's timing is then exact and machine-free."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ticking(clock: FakeClock, seconds: float, then=None, crash_at: int | None = None):
+    """A collate that spends `seconds` of fake training time per batch (and optionally raises at its
+    `crash_at`-th call, as a process killed mid-run)."""
+    calls = [0]
+
+    def collate(raw, generator):
+        calls[0] += 1
+        if crash_at is not None and calls[0] == crash_at:
+            raise KeyboardInterrupt("killed")
+        clock.now += seconds
+        return then(raw, generator) if then else raw
+
+    return collate
+
+
+def slow_evaluate(clock: FakeClock, seconds: float = 100.0):
+    def evaluate(model):
+        clock.now += seconds  # evaluation time: must not count against the training budget
+        return {"mse": 1.0}
+
+    return evaluate
+
+
+def timed(**overrides) -> TrainConfig:
+    base = dict(warmup_steps=0, warmup_fraction=0.2, schedule_clock="time", max_seconds=10.0, lr=1.0)
+    return config(**(base | dict(max_steps=1000, min_lr_ratio=0.1) | overrides))
+
+
+def test_time_schedule_lr_at_0_50_and_100_percent_of_the_budget(tmp_path):
+    # each step spends 1 fake second; evaluations every 3 steps spend 100 s that the schedule ignores
+    clock = FakeClock()
+    source = regression_source(collate=ticking(clock, 1.0))
+    result = train(fresh(), source, timed(eval_every=3), tmp_path, slow_evaluate(clock), clock=clock)
+    assert (result.stop_reason, result.step, result.train_seconds) == ("time_budget", 10, 10.0)
+    assert result.seconds >= 10.0 + 3 * 100.0  # the wall clock does include the evaluations
+    records = read_metrics(tmp_path)
+    lrs = [r["lr"] for r in records]
+    # step k starts at progress k / 10: warm-up to the peak at 20 %, then linear decay to 0.1 at 100 %
+    assert lrs[0] == 0.0  # 0 %: the warm-up starts from 0
+    assert lrs[2] == pytest.approx(1.0)  # the peak at the end of the warm-up
+    assert lrs[5] == pytest.approx(0.1 + 0.9 * (1 - (0.5 - 0.2) / 0.8))  # 50 %
+    assert lr_at_progress(1.0, 1.0, 0.2, "linear", 0.1) == pytest.approx(0.1)  # 100 %: fully decayed
+    assert lrs == [lr_at_progress(k / 10, 1.0, 0.2, "linear", 0.1) for k in range(10)]
+    assert [r["train_seconds"] for r in records] == [float(k) for k in range(1, 11)]
+    # the budget is spent: a further call on the run trains no more
+    again = train(fresh(), source, timed(eval_every=3), tmp_path, slow_evaluate(clock), clock=clock)
+    assert (again.stop_reason, again.step) == ("time_budget", 10)
+
+
+def test_time_schedule_does_not_depend_on_max_steps_which_stays_a_bound(tmp_path):
+    clock = FakeClock()
+    result = train(
+        fresh(), regression_source(collate=ticking(clock, 1.0)), timed(max_steps=4), tmp_path, clock=clock
+    )
+    assert (result.stop_reason, result.step) == ("max_steps", 4)
+    assert [r["lr"] for r in read_metrics(tmp_path)] == [
+        lr_at_progress(k / 10, 1.0, 0.2, "linear", 0.1) for k in range(4)
+    ]
+
+
+def test_time_schedule_resumes_exactly(tmp_path):
+    """Killed after the step-4 checkpoint (during step 7), resumed in a new call whose clock starts elsewhere:
+    the same learning rates at the same training seconds, the same losses and the same final weights as an
+    uninterrupted run. max_seconds is the total budget over both calls."""
+    cfg = timed(max_seconds=12.0, checkpoint_every=4, keep_last=3, eval_every=3)
+    clock = FakeClock()
+    reference = fresh(dropout=0.2)
+    source = regression_source(collate=ticking(clock, 1.0, then=add_noise))
+    train(reference, source, cfg, tmp_path / "ref", slow_evaluate(clock), clock=clock)
+
+    run = tmp_path / "run"
+    clock = FakeClock(start=5.0)
+    crashing = regression_source(collate=ticking(clock, 1.0, then=add_noise, crash_at=7))
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(dropout=0.2), crashing, cfg, run, slow_evaluate(clock), clock=clock)
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000004"]
+    clock = FakeClock(start=77.0)
+    model = Regressor(dropout=0.2)  # other weights: everything must come from the checkpoint
+    source = regression_source(collate=ticking(clock, 1.0, then=add_noise))
+    result = train(model, source, cfg, run, slow_evaluate(clock), clock=clock)
+
+    assert (result.step, result.stop_reason, result.train_seconds) == (12, "time_budget", 12.0)
+    for name, tensor in weights(reference).items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    keys = ("step", "lr", "train_seconds", "loss")
+    got = [[r[k] for k in keys] for r in read_metrics(run)]
+    assert got == [[r[k] for k in keys] for r in read_metrics(tmp_path / "ref")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (dict(schedule_clock="wall"), "schedule_clock"),
+        (dict(schedule_clock="time", warmup_steps=0), "max_seconds"),
+        (dict(schedule_clock="time", max_seconds=5.0, warmup_steps=2), "warmup_steps"),
+        (
+            dict(schedule_clock="time", max_seconds=5.0, warmup_steps=0, warmup_fraction=1.0),
+            "warmup_fraction",
+        ),
+        (dict(warmup_fraction=0.1), "warmup_fraction"),
+    ],
+)
+def test_time_schedule_config_errors(overrides, field):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        config(**overrides)
+
+
+# --------------------------------------------------------------------------------- damaged best checkpoint
+
+
+def poison(path) -> None:
+    """Write a NaN into the first tensor of a safetensors file without changing its size."""
+    with ckpt.safe_open(path, "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    size = path.stat().st_size
+    first = next(iter(tensors))
+    tensors[first].view(-1)[0] = float("nan")
+    save_file(tensors, path, metadata=metadata)
+    assert path.stat().st_size == size
+
+
+def test_damaged_best_checkpoint_falls_back_to_the_best_valid_one(tmp_path, caplog):
+    scores = iter([0.5, 0.9, 0.7, 0.8])  # evaluations at steps 2, 4, 6, 8; the best is step 4
+    cfg = config(
+        max_steps=8, eval_every=2, checkpoint_every=2, keep_last=3, early_stopping_metric="acc",
+        restore_best=True,
+    )  # fmt: skip
+    first = train(fresh(), regression_source(), cfg, tmp_path, lambda m: {"acc": next(scores)})
+    assert (first.best_step, [p.name for p in list_checkpoints(tmp_path)]) == (
+        4,
+        ["step-00000004", "step-00000006", "step-00000008"],
+    )
+    poison(tmp_path / "checkpoints" / "step-00000004" / "model.safetensors")  # the latest is fine
+    expected = read_checkpoint(tmp_path / "checkpoints" / "step-00000008").model_state
+    for attempt in range(2):  # a retry does not fail either
+        model = Regressor()
+        with caplog.at_level("WARNING"):
+            result = train(model, regression_source(), cfg, tmp_path, lambda m: {"acc": 0.0})
+        assert (result.step, result.best_step, result.best_metric) == (8, 8, 0.8), attempt
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, expected[name]), name
+    assert "falling back to the best valid one, step 8 (acc = 0.8)" in caplog.text
+    assert "step-00000004/model.safetensors: tensor 'hidden.bias' holds 1 NaN/Inf" in caplog.text
+    assert "set aside as damaged by an earlier call" in caplog.text  # the retry's message
+    assert (tmp_path / "checkpoints" / "step-00000004.corrupt").is_dir()

@@ -6,7 +6,7 @@ from torch import nn
 
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForPreTraining
-from seqbert.training.optim import configure_optimizer, lr_at
+from seqbert.training.optim import configure_optimizer, lr_at, lr_at_progress
 
 
 def test_warmup_is_linear_and_starts_above_zero():
@@ -77,3 +77,31 @@ def test_decay_does_not_touch_biases():
     optimizer.step()
     assert torch.equal(layer.bias, torch.ones(2))  # zero gradient and no decay: unchanged
     assert torch.allclose(layer.weight, weight * (1 - 0.1 * 0.5))  # decoupled decay: w <- w (1 - lr wd)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_progress_schedule_at_0_50_and_100_percent(schedule):
+    # warm-up over the first 10 %, then decay from 2.0 to the floor 0.2 at 100 %
+    assert lr_at_progress(0.0, 2.0, 0.1, schedule, 0.1) == 0.0
+    assert lr_at_progress(0.05, 2.0, 0.1, schedule, 0.1) == pytest.approx(1.0)
+    assert lr_at_progress(0.1, 2.0, 0.1, schedule, 0.1) == pytest.approx(2.0)
+    assert lr_at_progress(0.55, 2.0, 0.1, schedule, 0.1) == pytest.approx(1.1)  # half-way through the decay
+    assert lr_at_progress(1.0, 2.0, 0.1, schedule, 0.1) == pytest.approx(0.2)
+    assert lr_at_progress(1.7, 2.0, 0.1, schedule, 0.1) == pytest.approx(0.2)  # past the budget: the floor
+    assert lr_at_progress(0.0, 2.0, 0.0, schedule) == 2.0  # no warm-up: the peak at once
+
+
+def test_progress_schedule_matches_the_step_schedule_after_warmup():
+    for step in range(4, 21):
+        by_step = lr_at(step, 1.0, warmup_steps=4, max_steps=20, schedule="cosine", min_lr_ratio=0.1)
+        by_progress = lr_at_progress(step / 20, 1.0, 4 / 20, "cosine", 0.1)
+        assert by_progress == pytest.approx(by_step), step
+
+
+def test_progress_schedule_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="progress"):
+        lr_at_progress(-0.1, 1.0)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        lr_at_progress(0.5, 1.0, warmup_fraction=1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at_progress(0.5, 1.0, schedule="step")
