@@ -8,6 +8,8 @@ A model that leaks the target (or ignores the order) lands elsewhere.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from seqbert.data.interactions import UserSequences
@@ -43,3 +45,71 @@ def markov_sequences(
         items.append(seq + FIRST_ITEM_ID)
     users = [str(u) for u in range(num_users)]
     return UserSequences(users, items, None, vocab)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TREC run/qrels pairs with every trap an evaluator can fall into (for parity tests against trec_eval)
+@dataclass(frozen=True)
+class TrecCase:
+    run_lines: list[str]  # "qid Q0 docid rank score tag", shuffled across queries
+    qrels_lines: list[str]  # "qid 0 docid grade"
+    tied_queries: int  # run queries (also in the qrels) with at least two equal scores
+    qrels_only: list[str]  # qrels queries with no run line
+    run_only: list[str]  # run queries with no judgement
+
+
+def random_trec_case(num_queries: int = 2000, seed: int = 0, max_docs: int = 60) -> TrecCase:
+    """A random run and qrels with the traps that separate evaluators from trec_eval.
+
+    - ties: ~10 % of queries have scores rounded to integers (many ties), ~2 % a constant score;
+    - the rank column is a random permutation, contradicting the scores;
+    - lines are shuffled across queries; doc ids are unpadded numbers with mixed prefixes, so string
+      order differs from numeric order ("100" < "99");
+    - ~5 % qrels-only and ~5 % run-only queries; ~5 % of judged queries have no relevant document;
+    - grades 0-3, judged documents both retrieved and not retrieved.
+    Built with numpy over all lines at once (no loop per line), so 10^5 lines take well under a second.
+    """
+    if num_queries < 1 or max_docs < 2:
+        raise ValueError(f"need num_queries >= 1 and max_docs >= 2, got {num_queries}, {max_docs}")
+    rng = np.random.default_rng(seed)
+    pool = 3 * max_docs  # candidate documents per query
+    qids = np.char.add("q", rng.permutation(10 * num_queries)[:num_queries].astype(str))
+    role = rng.random(num_queries)
+    qrels_only, run_only = role < 0.05, (role >= 0.05) & (role < 0.10)
+    n_ret = rng.integers(1, max_docs + 1, size=num_queries)
+    n_ret[qrels_only] = 0
+    docs = rng.random((num_queries, pool)).argsort(axis=1)  # (Q, pool) a random order of each pool
+    prefix = np.array(["", "d", "D", "doc-"])[rng.integers(4, size=(num_queries, pool))]
+    names = np.char.add(prefix, (docs * 7 + 3).astype(str))  # (Q, pool) unique per query
+    q = np.repeat(np.arange(num_queries), n_ret)  # (N,) query of each line
+    pos = np.arange(len(q)) - np.repeat(np.cumsum(n_ret) - n_ret, n_ret)
+    score = rng.normal(size=len(q))
+    style = rng.random(num_queries)
+    tie_int, tie_const = style < 0.10, (style >= 0.10) & (style < 0.12)
+    score = np.where(tie_int[q], np.round(score), score)
+    score = np.where(tie_const[q], 0.5, score)
+    rank = rng.permutation(len(q)) + 1  # contradicts the scores
+    run = np.char.add(np.char.add(qids[q], " Q0 "), names[q, pos])
+    run = [f"{head} {r} {s!r} sys" for head, r, s in zip(run.tolist(), rank.tolist(), score.tolist())]
+    order = rng.permutation(len(run))
+    run_lines = [run[i] for i in order]
+    # ties: equal scores inside one query
+    o = np.lexsort((score, q))
+    same = (q[o][1:] == q[o][:-1]) & (score[o][1:] == score[o][:-1])
+    tied_q = np.unique(q[o][1:][same])
+    # qrels: a random window of the pool (overlaps the retrieved prefix in part), grades 0-3
+    judged = ~run_only
+    n_judged = rng.integers(1, 12, size=num_queries) * judged
+    start = rng.integers(0, max_docs, size=num_queries)
+    jq = np.repeat(np.arange(num_queries), n_judged)
+    jpos = start[jq] + np.arange(len(jq)) - np.repeat(np.cumsum(n_judged) - n_judged, n_judged)
+    grades = rng.integers(0, 4, size=len(jq))
+    no_rel = rng.random(num_queries) < 0.05
+    grades = np.where(no_rel[jq], 0, grades)
+    qrels_lines = [
+        f"{a} 0 {b} {g}" for a, b, g in zip(qids[jq].tolist(), names[jq, jpos].tolist(), grades.tolist())
+    ]
+    tied = [i for i in tied_q.tolist() if judged[i]]
+    return TrecCase(
+        run_lines, qrels_lines, len(tied), sorted(qids[qrels_only].tolist()), sorted(qids[run_only].tolist())
+    )
