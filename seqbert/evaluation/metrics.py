@@ -204,6 +204,7 @@ def single_target_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-user metrics from the 1-based rank of the one relevant item, ranks (U,).
 
+    A rank of inf marks a target removed by the protocol (a miss: every metric 0).
     HR@k = 1[rank <= k]; NDCG@k = 1 / log2(rank + 1) if rank <= k else 0 (IDCG = 1 with one relevant item);
     MRR = 1 / rank over the full ranking (not truncated); `truncated_mrr` adds MRR@k = 1[rank <= k] / rank.
     """
