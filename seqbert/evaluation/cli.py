@@ -2,6 +2,14 @@
 
     seqbert evaluate --run bm25=bm25.trec --run dense=dense.csv --qrels test.tsv --out report/ \
         --ks 1,5,10,20 --baseline bm25 [--query-groups groups.csv] [--item-popularity counts.csv]
+    seqbert evaluate --run sys=run.trec --qrels qrels.txt --out r/ --measures nDCG@10,RR,AP,P@10,R@100 \
+        --per-query r/per_query.txt [-c] [--ties trec_eval]
+
+Numbers equal trec_eval's by default (tested against pytrec_eval): ties by docid descending, the rank
+column ignored, qrels queries absent from the run left out of the mean (`-c` counts them as 0), relevant
+= grade >= 1 (see `seqbert.evaluation.runs`). metrics.json and the report name the tie rule and the mean.
+--per-query writes every query's measures under trec_eval names: `.json` {qid: {measure: value}},
+`.txt` the lines of `trec_eval -q` (measure, qid, value; then `all` means).
 
 --query-groups: a CSV/TSV with a query column and a `group` column (e.g. history-length bucket); one bar
 chart per report. --item-popularity: a CSV/TSV with a document column and a `count` column (training
@@ -12,16 +20,20 @@ documents listed) at the largest K, and bars by the popularity tercile of each q
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
-from seqbert.evaluation.metrics import coverage, evaluate_ranked, popularity_bias
+from seqbert.evaluation.metrics import coverage, parse_measure, popularity_bias, trec_name
 from seqbert.evaluation.report import RunResult, write_report
 from seqbert.evaluation.runs import (
     DOC_COLUMNS,
     QUERY_COLUMNS,
+    TIE_RULES,
+    Aligned,
     align,
+    evaluate_aligned,
     pick_column,
     read_qrels,
     read_run,
@@ -43,7 +55,39 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument("--qrels", required=True, help="TREC qrels, BEIR TSV qrels or CSV/Parquet judgements")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--ks", default="1,5,10,20", help="comma-separated cut-offs (default 1,5,10,20)")
+    p.add_argument(
+        "--ks",
+        help="comma-separated cut-offs; every measure family at each (default 1,5,10,20)",
+    )
+    p.add_argument(
+        "--measures",
+        help="comma-separated measures instead of --ks: ir_measures (nDCG@10, RR, AP, AP@100, P@10, R@100, "
+        "Success@1), trec_eval (ndcg_cut_10, recip_rank, map, P_10, recall_100, success_1) or seqbert names",
+    )
+    p.add_argument(
+        "--ties",
+        choices=TIE_RULES,
+        default="trec_eval",
+        help="order inside a score tie: docid descending (trec_eval, default), the file's rank, or "
+        "relevant first/last (optimistic/pessimistic bounds)",
+    )
+    p.add_argument(
+        "-c",
+        "--complete",
+        action="store_true",
+        help="count qrels queries absent from the run as 0 (trec_eval -c); default: leave them out",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="error when a qrels query has no line in the run, or a run query is not in the qrels",
+    )
+    p.add_argument(
+        "--per-query",
+        metavar="PATH",
+        help="per-query measures with trec_eval names: .json {qid: {measure: value}} or .txt (trec_eval -q "
+        "lines); with several runs, PATH gets the run name before the suffix",
+    )
     p.add_argument("--baseline", help="run the others are compared with (paired test, Holm-corrected)")
     p.add_argument("--test", choices=("t", "wilcoxon"), default="t", help="paired test (default t)")
     p.add_argument("--depth", type=int, help="truncate every run at this depth (default: keep all)")
@@ -75,6 +119,37 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _parse_measures(text: str) -> list[str]:
+    """--measures -> seqbert keys, in the given order, duplicates dropped (one-line error if unknown)."""
+    keys: list[str] = []
+    for name in text.split(","):
+        try:
+            key = parse_measure(name)
+        except ValueError as err:
+            raise SystemExit(f"--measures: {err}") from None
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _cutoffs(keys: list[str]) -> tuple[int, ...]:
+    ks = sorted({int(k.partition("@")[2]) for k in keys if "@" in k})
+    return tuple(ks) or (1,)
+
+
+def write_per_query(path: Path, aligned: Aligned, per_query: dict[str, np.ndarray], keys: list[str]) -> None:
+    """trec_eval names per query: .json {qid: {measure: value}}; .txt `trec_eval -q` lines + `all` means."""
+    names = {key: trec_name(key) for key in keys}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        table = {q: {names[k]: float(per_query[k][i]) for k in keys} for i, q in enumerate(aligned.qids)}
+        path.write_text(json.dumps(table, indent=1))
+        return
+    lines = [f"{names[k]:<22}\t{q}\t{per_query[k][i]:.4f}" for i, q in enumerate(aligned.qids) for k in keys]
+    lines += [f"{names[k]:<22}\tall\t{np.mean(per_query[k]) if len(aligned.qids) else 0.0:.4f}" for k in keys]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _read_mapping(path: str, value_column: str) -> dict[str, str]:
     frame = read_table(Path(path))
     key = pick_column(frame.columns, QUERY_COLUMNS + DOC_COLUMNS, path, "id")
@@ -94,7 +169,18 @@ def _popularity_terciles(rel_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate every --run against --qrels and write the report to --out; returns the exit code."""
-    ks = _parse_ks(args.ks)
+    if args.measures and args.ks:
+        raise SystemExit("--measures and --ks: give one of them (--measures names each cut-off)")
+    if args.measures:
+        keys = _parse_measures(args.measures)
+        ks = _cutoffs(keys)
+    else:
+        ks = _parse_ks(args.ks or "1,5,10,20")
+        keys = [f"{m}@{k}" for k in ks for m in ("hr", "recall", "precision", "ndcg", "map")] + ["mrr", "map"]
+    if args.depth is not None and args.depth < 1:
+        raise SystemExit(f"--depth must be >= 1 (omit it to keep whole runs), got {args.depth}")
+    if args.per_query and Path(args.per_query).suffix not in (".json", ".txt"):
+        raise SystemExit(f"--per-query: expected a .json or .txt path, got {args.per_query!r}")
     runs: dict[str, str] = {}
     for spec in args.run:
         name, sep, file = spec.partition("=")
@@ -113,11 +199,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     results: dict[str, RunResult] = {}
     segments: dict[str, np.ndarray] = {}
+    query_sets: dict[str, list[str]] = {}
     for name, file in runs.items():
-        aligned = align(read_run(file, errors=args.on_error), qrels, args.depth, errors=args.on_error)
-        per_query = evaluate_ranked(
-            aligned.ranked, aligned.rel_ids, aligned.rel_grades, ks, args.gain == "exponential"
+        aligned = align(
+            read_run(file, errors=args.on_error),
+            qrels,
+            args.depth,
+            errors=args.on_error,
+            ties=args.ties,
+            complete=args.complete,
+            strict=args.strict,
+            keep=max(ks) if args.item_popularity else 0,
         )
+        query_sets[name] = aligned.qids
+        first = next(iter(query_sets))
+        if aligned.qids != query_sets[first]:
+            raise ValueError(
+                f"runs {first!r} and {name!r} cover different qrels queries ({len(query_sets[first])} vs "
+                f"{len(aligned.qids)}), so they cannot be compared query by query; pass -c/--complete to "
+                "count missing queries as 0, or evaluate them separately"
+            )
+        every = evaluate_aligned(aligned, ks, args.gain == "exponential")
+        per_query = {k: every[k] for k in keys}
+        if args.per_query:
+            target = Path(args.per_query)
+            if len(runs) > 1:
+                target = target.with_name(f"{target.stem}.{name}{target.suffix}")
+            write_per_query(target, aligned, per_query, keys)
         extra: dict[str, float] = {}
         if popularity is not None:
             counts = np.array([popularity.get(d, 0.0) for d in aligned.docs])
@@ -130,7 +238,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.query_groups and "query group" not in segments:
             groups = _read_mapping(args.query_groups, "group")
             segments["query group"] = np.array([groups.get(q, "(none)") for q in aligned.qids])
-        results[name] = RunResult(per_query, extra, {"file": file, "queries": len(aligned.qids)})
+        metadata = {
+            "file": file,
+            "queries": len(aligned.qids),
+            "ties": aligned.ties,
+            "mean": aligned.mean,
+            "qrels_queries_missing_from_run": len(aligned.missing),
+            "run_queries_not_in_qrels": len(aligned.run_only),
+            "depth": args.depth,
+        }
+        results[name] = RunResult(per_query, extra, metadata)
     paths = write_report(
         results,
         args.out,

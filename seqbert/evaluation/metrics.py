@@ -7,8 +7,9 @@ Conventions shared by every function here:
 - A ranked list is an int array (Q, K) of ids, best first, padded with -1 when a query has fewer than K
   results. Ids inside one row must be unique (duplicates would be counted twice; `runs.py` reports them).
 - Judgements are `rel_ids` (Q, R) padded with -1 and `rel_grades` (Q, R). A document is relevant iff its
-  grade is > 0 (ranx `rel_lvl=1`, trec_eval); grades <= 0 are judged non-relevant.
-- Empty relevance (a query with no grade > 0): every accuracy metric is 0 for that query and the query
+  grade is >= 1 (trec_eval's default relevance level, ranx `rel_lvl=1`); grades < 1 are judged
+  non-relevant and give no gain.
+- Empty relevance (a query with no grade >= 1): every accuracy metric is 0 for that query and the query
   still counts in the mean. This is ranx's convention (its metrics return 0.0 when the cleaned qrels are
   empty); trec_eval agrees for queries present in the qrels.
 - Gains: NDCG uses linear gains g = grade with the log2(i + 1) discount (Järvelin & Kekäläinen 2002; ranx
@@ -38,7 +39,7 @@ def relevance_gains(
 ) -> np.ndarray:
     """Grade of every ranked id: ranked (Q, K), rel_ids (Q, R) -> gains (Q, K) float64.
 
-    gains[q, i] = grade of ranked[q, i] in query q's judgements if that grade is > 0, else 0. Padding (-1)
+    gains[q, i] = grade of ranked[q, i] in query q's judgements if that grade is >= 1, else 0. Padding (-1)
     gets 0. `rel_grades=None` means every listed id has grade 1 (binary relevance).
     """
     ranked, rel_ids = np.asarray(ranked), np.asarray(rel_ids)
@@ -49,7 +50,7 @@ def relevance_gains(
     grades = np.ones(rel_ids.shape) if rel_grades is None else np.asarray(rel_grades, dtype=np.float64)
     if grades.shape != rel_ids.shape:
         raise ValueError(f"rel_grades shape {grades.shape} != rel_ids shape {rel_ids.shape}")
-    grades = np.where((rel_ids >= 0) & (grades > 0), grades, 0.0)  # (Q, R) non-relevant and padding -> 0
+    grades = np.where((rel_ids >= 0) & (grades >= 1), grades, 0.0)  # (Q, R) non-relevant and padding -> 0
     q, k = ranked.shape
     r = rel_ids.shape[1]
     if q == 0 or k == 0 or r == 0:
@@ -70,8 +71,8 @@ def relevance_gains(
 
 
 def ideal_gains(rel_grades: np.ndarray) -> np.ndarray:
-    """Positive grades of each query sorted descending (Q, R), zeros after: the ideal ranking's gains."""
-    grades = np.where(np.asarray(rel_grades, dtype=np.float64) > 0, rel_grades, 0.0)
+    """Relevant grades (>= 1) of each query sorted descending (Q, R), zeros after: the ideal ranking's gains."""
+    grades = np.where(np.asarray(rel_grades, dtype=np.float64) >= 1, rel_grades, 0.0)
     return -np.sort(-grades, axis=1)
 
 
@@ -203,6 +204,7 @@ def single_target_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-user metrics from the 1-based rank of the one relevant item, ranks (U,).
 
+    A rank of inf marks a target removed by the protocol (a miss: every metric 0).
     HR@k = 1[rank <= k]; NDCG@k = 1 / log2(rank + 1) if rank <= k else 0 (IDCG = 1 with one relevant item);
     MRR = 1 / rank over the full ranking (not truncated); `truncated_mrr` adds MRR@k = 1[rank <= k] / rank.
     """
@@ -273,3 +275,46 @@ def intra_list_diversity(topk: np.ndarray, item_features: np.ndarray, k: int | N
     pair = valid[:, :, None] & valid[:, None, :] & ~np.eye(ids.shape[1], dtype=bool)  # (U, K, K)
     n = pair.sum(axis=(1, 2))
     return np.divide(((1 - cos) * pair).sum(axis=(1, 2)), n, out=np.full(len(n), np.nan), where=n > 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# measure names: seqbert keys <-> trec_eval names <-> ir_measures names
+# seqbert key family -> (trec_eval prefix, ir_measures prefix); a family with a cut-off takes "_k" / "@k"
+_FAMILIES = {
+    "ndcg": ("ndcg_cut", "nDCG"),
+    "precision": ("P", "P"),
+    "recall": ("recall", "R"),
+    "hr": ("success", "Success"),
+    "map": ("map_cut", "AP"),
+}
+_UNCUT = {"mrr": ("recip_rank", "RR"), "map": ("map", "AP")}
+
+
+def trec_name(key: str) -> str:
+    """seqbert key -> trec_eval measure name: "ndcg@10" -> "ndcg_cut_10", "mrr" -> "recip_rank"."""
+    if key in _UNCUT:
+        return _UNCUT[key][0]
+    family, _, k = key.partition("@")
+    if family not in _FAMILIES or not k.isdigit():
+        raise KeyError(f"no trec_eval name for the measure {key!r}")
+    return f"{_FAMILIES[family][0]}_{k}"
+
+
+def parse_measure(name: str) -> str:
+    """A measure name in any of three spellings -> the seqbert key (ValueError for anything else).
+
+    seqbert ("ndcg@10", "mrr", "map@100"), trec_eval ("ndcg_cut_10", "recip_rank", "map", "map_cut_100",
+    "P_10", "recall_100", "success_1") and ir_measures ("nDCG@10", "RR", "AP", "AP@100", "P@10", "R@100",
+    "Success@1"). Cut-offs must be >= 1.
+    """
+    text = name.strip()
+    for key, (trec, ir) in _UNCUT.items():
+        if text in (key, trec, ir):
+            return key
+    for family, (trec, ir) in _FAMILIES.items():
+        for prefix in (f"{family}@", f"{trec}_", f"{ir}@"):
+            k = text[len(prefix) :]
+            if text.startswith(prefix) and k.isdigit() and int(k) >= 1:
+                return f"{family}@{int(k)}"
+    known = "nDCG@k, RR, AP, AP@k, P@k, R@k, Success@k (or ndcg_cut_k, recip_rank, map, map_cut_k, P_k, recall_k, success_k)"
+    raise ValueError(f"unknown measure {name!r}; expected one of {known} with k >= 1")

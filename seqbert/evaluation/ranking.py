@@ -6,17 +6,29 @@ whole vocabulary, item ids index the columns (RecBole's full-sort contract). Mem
 negatives, C coverage cut-off.
 
 Protocols
-- "full": every item competes. The user's history is excluded (set to -inf) except the target itself, as
-  are `exclude_ids` (pad, mask and other special ids). The target's rank is pessimistic for ties:
+- "full": every item competes, except `exclude_ids` (pad, mask and other special ids) and, by
+  `exclude_seen`, the user's history. The target's rank is pessimistic for ties:
   rank = 1 + #{valid j : s_j > t} + #{valid j != target : s_j == t}.
 - "sampled": only [target] + candidates[u] compete (candidates come from `protocols.sample_negatives`,
   which already excludes the history and the target); same pessimistic rank over the N + 1 scores.
+
+Seen items (`exclude_seen`), named so that metrics.json can say which was used:
+- "strict" (default, True): every history item is removed, whatever the target. A target the user has
+  already seen is therefore a miss (rank = inf: HR = NDCG = MRR = 0), as with `filter_seen` in Krichene &
+  Rendle's evaluation code. Nothing about the target leaks into the candidate set.
+- "none" (False): nothing is removed; the right choice for repeat consumption (music, groceries, news).
+- "target_exempt": history removed except the target itself (seqbert's behaviour before this protocol had
+  a name). The protocol then hints at the answer whenever the target was seen (it is the only seen item
+  left in the ranking), which inflates every metric on data with repeats; kept for comparison with
+  published figures, with a warning. On data without repeats (ML-1M) all three agree with "strict".
+`EvalResult.repeat_rate` is the share of targets found in their own history: the size of that effect.
 Metrics: HR@k and NDCG@k for every k in `ks`, MRR (full, untruncated) and coverage@C (distinct items in all
 users' top-C / catalogue size, catalogue = V minus the excluded special ids).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,14 +37,39 @@ import torch
 
 from seqbert.evaluation.metrics import coverage, mean_metrics, pessimistic_rank, single_target_metrics
 
+SEEN_PROTOCOLS = ("strict", "none", "target_exempt")
+
+
+def seen_protocol(exclude_seen: bool | str) -> str:
+    """exclude_seen -> its protocol name: True -> "strict", False -> "none", or one of SEEN_PROTOCOLS."""
+    if exclude_seen is True:
+        return "strict"
+    if exclude_seen is False:
+        return "none"
+    if exclude_seen not in SEEN_PROTOCOLS:
+        raise ValueError(f"exclude_seen must be True, False or one of {SEEN_PROTOCOLS}, got {exclude_seen!r}")
+    return exclude_seen
+
 
 @dataclass(frozen=True)
 class EvalResult:
     metrics: dict[str, float]  # means over users, plus "coverage@C"
     per_user: dict[str, np.ndarray]  # (U,) float64 per metric, for bootstrap CIs and paired tests
-    ranks: np.ndarray  # (U,) int64 1-based pessimistic rank of each target
+    ranks: np.ndarray  # (U,) float64 1-based pessimistic rank of each target; inf = removed (a miss)
     topk: np.ndarray  # (U, C) int64 top-C item ids after exclusions, -1 where fewer than C items remain
-    protocol: str
+    protocol: str  # "full" or "sampled"
+    exclude_seen: str = "strict"  # one of SEEN_PROTOCOLS
+    repeat_rate: float = 0.0  # share of targets that are in their user's history
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What a metrics.json needs to say how these numbers were made."""
+        return {
+            "protocol": self.protocol,
+            "exclude_seen": self.exclude_seen,
+            "repeat_rate": self.repeat_rate,
+            "users": self.num_users,
+        }
 
     @property
     def num_users(self) -> int:
@@ -106,16 +143,17 @@ def _seen_pairs(hist: list[np.ndarray], num_items: int) -> tuple[np.ndarray, np.
 
 
 def _excluded_mask(
-    hist: list[np.ndarray], tgt: torch.Tensor, exclude: torch.Tensor, num_items: int, seen: bool
-):
-    """(B, V) bool: special ids and (optionally) the history, but never the target. Only built for rare rows."""
+    hist: list[np.ndarray], tgt: torch.Tensor, exclude: torch.Tensor, num_items: int, seen: str
+) -> torch.Tensor:
+    """(B, V) bool: special ids and the history as `seen` says. Only built for rare rows."""
     b = len(hist)
     excluded = torch.zeros(b, num_items, dtype=torch.bool, device=tgt.device)  # (B, V)
     excluded[:, exclude] = True
-    if seen:
+    if seen != "none":
         rows, cols = _seen_pairs(hist, num_items)
         excluded[torch.from_numpy(rows).to(tgt.device), torch.from_numpy(cols).to(tgt.device)] = True
-    excluded[torch.arange(b, device=tgt.device), tgt] = False
+    if seen != "strict":  # "strict" keeps a seen target excluded: it is a miss
+        excluded[torch.arange(b, device=tgt.device), tgt] = False
     return excluded
 
 
@@ -126,17 +164,27 @@ def _count_at_least(scores: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (scores >= t).sum(dim=1)
 
 
-def _rank_full(scores, hist, tgt, exclude, num_items, seen, coverage_k):
-    """Pessimistic target ranks (B,) and top-C ids (B, C) after exclusions, for one batch."""
+def _rank_full(scores, hist, tgt, exclude, num_items, seen, coverage_k, target_seen):
+    """Pessimistic target ranks (B,) and top-C ids (B, C) after exclusions, for one batch.
+
+    target_seen (B,) bool: under "strict" those targets are removed with the history; their rank is
+    overwritten with inf by the caller, so here they only need to leave the top-C.
+    """
     b = len(hist)
     dev = scores.device
     t = scores.gather(1, tgt[:, None])  # (B, 1)
     work = scores.clone()  # (B, V) the caller's tensor is never written
     work[:, exclude] = float("-inf")
-    if seen:
+    if seen != "none":
         rows, cols = _seen_pairs(hist, num_items)
         work[torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)] = float("-inf")  # sparse writes
-    work[torch.arange(b, device=dev), tgt] = t[:, 0]  # the target competes even if it was seen
+    if seen == "target_exempt":
+        work[torch.arange(b, device=dev), tgt] = t[:, 0]  # the target competes even if it was seen
+    elif seen == "strict" and target_seen.any():
+        # rank the unseen targets as before; a seen one stays at -inf (out of the top-C), its rank is inf
+        unseen = torch.from_numpy(~target_seen).to(dev)
+        rows_u = torch.arange(b, device=dev)[unseen]
+        work[rows_u, tgt[unseen]] = t[unseen, 0]
     # #{s_j >= t} counts the target once and every tie against it (pessimistic); excluded ids sit at -inf,
     # below any finite t; if t == -inf every valid id ties, so rank = number of valid ids
     rank = _count_at_least(work, t)  # (B,)
@@ -152,6 +200,18 @@ def _rank_full(scores, hist, tgt, exclude, num_items, seen, coverage_k):
     return rank, top
 
 
+def _targets_seen(hist: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """(B,) bool: is each user's target in their own history (vectorised over the batch)."""
+    lengths = np.fromiter((len(h) for h in hist), dtype=np.int64, count=len(hist))
+    if not lengths.sum():
+        return np.zeros(len(hist), dtype=bool)
+    rows = np.repeat(np.arange(len(hist)), lengths)
+    cols = np.concatenate(hist).astype(np.int64)
+    seen = np.zeros(len(hist), dtype=bool)
+    seen[rows[cols == targets[rows]]] = True
+    return seen
+
+
 @torch.no_grad()
 def evaluate_ranking(
     score_fn: Callable[[list[np.ndarray]], torch.Tensor],
@@ -160,7 +220,7 @@ def evaluate_ranking(
     num_items: int,
     protocol: str = "full",
     candidates: np.ndarray | None = None,
-    exclude_seen: bool = True,
+    exclude_seen: bool | str = "strict",
     ks: Sequence[int] = (1, 5, 10, 20),
     batch_size: int = 1024,
     exclude_ids: Sequence[int] = (),
@@ -171,10 +231,19 @@ def evaluate_ranking(
 
     histories: U int arrays of item ids (the model input and, with exclude_seen, the items to exclude);
     targets (U,): one held-out item per user; num_items: V, the number of score columns.
+    exclude_seen: "strict" (default; True), "none" (False) or "target_exempt" (warns): see the module
+    docstring. The result carries the name (`EvalResult.exclude_seen`, `.settings`).
     sort_by_length: hand users to score_fn in batches of similar history length (shortest first), so a
     model that trims shared padding does less work; results are still reported in the users' order. Only
     for a score_fn that depends on the histories alone (not on the call order).
     """
+    seen = seen_protocol(exclude_seen)
+    if seen == "target_exempt":
+        warnings.warn(
+            "exclude_seen='target_exempt' keeps a seen target as the only seen item left in the ranking, "
+            "which hints at it and inflates metrics on data with repeats; 'strict' is the leak-free protocol",
+            stacklevel=2,
+        )
     targets = np.asarray(targets, dtype=np.int64)
     exclude = np.unique(np.asarray(exclude_ids, dtype=np.int64))
     if exclude.size and (exclude.min() < 0 or exclude.max() >= num_items):
@@ -182,7 +251,8 @@ def evaluate_ranking(
     cands = None if candidates is None else np.asarray(candidates, dtype=np.int64)
     _check_inputs(histories, targets, num_items, protocol, cands, ks, batch_size, exclude)
     num_users = len(targets)
-    ranks = np.empty(num_users, dtype=np.int64)
+    ranks = np.empty(num_users, dtype=np.float64)
+    repeats = 0
     topk = np.full((num_users, coverage_k), -1, dtype=np.int64)
     order = np.argsort([len(h) for h in histories], kind="stable") if sort_by_length else np.arange(num_users)
     for start in range(0, num_users, batch_size):
@@ -191,10 +261,11 @@ def evaluate_ranking(
         scores = _score_batch(score_fn, hist, num_items, start)  # (B, V)
         dev = scores.device
         tgt = torch.from_numpy(targets[rows]).to(dev)  # (B,)
+        target_seen = _targets_seen(hist, targets[rows])  # (B,)
+        repeats += int(target_seen.sum())
         if protocol == "full":
-            rank, top = _rank_full(
-                scores, hist, tgt, torch.from_numpy(exclude).to(dev), num_items, exclude_seen, coverage_k
-            )
+            exc = torch.from_numpy(exclude).to(dev)
+            rank, top = _rank_full(scores, hist, tgt, exc, num_items, seen, coverage_k, target_seen)
             c = top.shape[1]
         else:
             idx = torch.cat([tgt[:, None], torch.from_numpy(cands[rows]).to(dev)], dim=1)  # (B, 1 + N)
@@ -202,11 +273,25 @@ def evaluate_ranking(
             rank = pessimistic_rank(picked[:, 1:], picked[:, 0])  # (B,)
             c = min(coverage_k, idx.shape[1])
             top = idx.gather(1, picked.topk(c, dim=1).indices)  # (B, C)
-        ranks[rows] = rank.cpu().numpy()
+        rank = rank.cpu().numpy().astype(np.float64)
+        if seen == "strict":
+            rank[target_seen] = np.inf  # removed with the history: a miss
+            if protocol == "sampled":
+                top = top.clone()
+                top[torch.from_numpy(target_seen).to(dev)[:, None] & (top == tgt[:, None])] = -1
+        ranks[rows] = rank
         topk[rows, :c] = top.cpu().numpy()
     per_user = single_target_metrics(ranks, ks)
     metrics = mean_metrics(per_user)
     metrics[f"coverage@{coverage_k}"] = (
         coverage(topk, num_items - exclude.size) if num_users else float("nan")
     )
-    return EvalResult(metrics=metrics, per_user=per_user, ranks=ranks, topk=topk, protocol=protocol)
+    return EvalResult(
+        metrics=metrics,
+        per_user=per_user,
+        ranks=ranks,
+        topk=topk,
+        protocol=protocol,
+        exclude_seen=seen,
+        repeat_rate=repeats / num_users if num_users else 0.0,
+    )

@@ -15,14 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, never a window: reports are written on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from seqbert.evaluation.ranking import EvalResult  # noqa: E402
-from seqbert.evaluation.stats import bootstrap_cis, compare_runs  # noqa: E402
+from seqbert.evaluation.ranking import EvalResult
+from seqbert.evaluation.stats import bootstrap_cis, compare_runs
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,7 @@ def _as_run_result(value: RunResult | EvalResult | Mapping[str, np.ndarray]) -> 
         return value
     if isinstance(value, EvalResult):
         extra = {k: v for k, v in value.metrics.items() if k not in value.per_user}
-        return RunResult(dict(value.per_user), extra, {"protocol": value.protocol})
+        return RunResult(dict(value.per_user), extra, dict(value.settings))
     return RunResult({k: np.asarray(v, dtype=np.float64) for k, v in value.items()})
 
 
@@ -48,6 +44,17 @@ def _fmt(x: float) -> str:
 def _metric_key(name: str) -> tuple[str, int]:
     base, _, k = name.partition("@")
     return base, int(k) if k.isdigit() else 0
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure drawn by the Agg canvas: files only, never a window, and the global pyplot
+    backend is never switched (importing this module does not import matplotlib at all)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _plot_curves(runs: Mapping[str, RunResult], cis: Mapping, path: Path) -> bool:
@@ -63,7 +70,8 @@ def _plot_curves(runs: Mapping[str, RunResult], cis: Mapping, path: Path) -> boo
         return False
     cols = min(3, len(families))  # a grid, so five families do not make a 20-inch strip
     rows = -(-len(families) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    fig = _figure(4.2 * cols, 3.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[len(families) :]:
         ax.set_visible(False)
     for ax, (base, ks) in zip(axes.ravel(), families.items()):
@@ -84,7 +92,6 @@ def _plot_curves(runs: Mapping[str, RunResult], cis: Mapping, path: Path) -> boo
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
@@ -102,7 +109,8 @@ def _segment_table(runs: Mapping[str, RunResult], labels: np.ndarray, metric: st
 def _plot_segments(table: dict[str, dict], runs: Sequence[str], metric: str, title: str, path: Path) -> None:
     labels = list(table)
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(labels) * max(1, len(runs) / 2)), 3.4))
+    fig = _figure(max(4.5, 1.1 * len(labels) * max(1, len(runs) / 2)), 3.4)
+    ax = fig.subplots()
     x = np.arange(len(labels))
     for i, run in enumerate(runs):
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, [table[b][run] for b in labels], width, label=run)
@@ -113,7 +121,6 @@ def _plot_segments(table: dict[str, dict], runs: Sequence[str], metric: str, tit
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -1,278 +1,241 @@
-"""Read any system's output (run files) and ground truth (qrels), and align them into metric arrays.
+"""Order a run under a tie rule, join it with the qrels, and compute trec_eval's measures per query.
 
-Run formats
-- TREC: `qid Q0 docid rank score tag`, whitespace separated, one retrieved document per line.
-- CSV (.csv/.tsv) or Parquet (.parquet) with a header: a query column (`qid`, `query_id`, `query-id`,
-  `user`, `user_id`), a document column (`docid`, `doc_id`, `corpus-id`, `item`, `item_id`) and `score`
-  and/or `rank`.
-Order inside a query: score descending; ties by the file's rank ascending, then by file order (the order
-the system meant). trec_eval instead breaks score ties by docid descending, so on tied scores it can differ.
-With only a rank column: rank ascending.
+Reading is `seqbert.data.trec` (re-exported here): the one run/qrels reader, shared with retrieval.
 
-Qrels formats
-- TREC: `qid iter docid rel` (iter ignored). BEIR TSV: header `query-id corpus-id score`, CRLF tolerated.
-- CSV/Parquet: query and document columns as above, optional `rel`/`relevance`/`score`/`grade` (default 1).
+Order inside a query (`ties`):
+- "trec_eval" (default): score descending, ties by docid in descending string order; the rank column is
+  ignored. This is what trec_eval 9 and pytrec_eval do (qsort on (-score, docid) with strcmp reversed),
+  so the numbers are theirs.
+- "rank": score descending, ties by the file's rank ascending, then file order (the order the system
+  meant). A run with only a rank column is ordered by rank.
+- "optimistic" / "pessimistic": within a score tie the relevant (higher-grade) documents come first /
+  last; a bound on what the tie can be worth. Remaining ties: docid descending.
 
-Problems (malformed lines, duplicate (query, doc) entries, a run query absent from the qrels, a qrels query
-absent from the run) are collected with file and line. errors="raise" (default) raises `RunFormatError`
-listing them; errors="warn" emits one warning per file with the list and keeps going: malformed lines and
-repeated duplicates are skipped, run-only queries are left out, qrels-only queries count as empty rankings
-(every metric 0). Nothing is dropped silently.
+Queries (`complete`): a query in the qrels but absent from the run is left out of the mean by default
+(trec_eval's default) or counted with every measure 0 with complete=True (`trec_eval -c`). Queries only
+in the run are left out (they cannot be scored). Both counts are on `Aligned` and reported by the CLI;
+strict=True turns either into an error.
+
+Measures (trec_eval 9 definitions; a document is relevant iff its grade >= 1, trec_eval's default
+relevance level; rel_q = number of relevant documents of the query in the qrels; i is the 1-based
+position):
+- P_k = |{relevant in the top k}| / k (k even when the list is shorter); recall_k = same / rel_q;
+  success_k = 1[any relevant in the top k];
+- ndcg_cut_k = sum_{i<=k} g_i / log2(i + 1) / IDCG_k, g = the qrels grade (linear gains; grades < 1 give
+  0), IDCG from the qrels' grades sorted descending;
+- recip_rank = 1 / (position of the first relevant document) over the whole list;
+- map = sum over relevant positions of precision@i / rel_q; map_cut_k the same over i <= k.
+Every one is 0 for a query with rel_q = 0 (trec_eval includes such queries in the mean).
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-QUERY_COLUMNS = ("qid", "query_id", "query-id", "user", "user_id")
-DOC_COLUMNS = ("docid", "doc_id", "corpus-id", "item", "item_id")
-GRADE_COLUMNS = ("rel", "relevance", "score", "grade")
+from seqbert.data.trec import (  # noqa: F401  (re-exported: the public reader of this package)
+    DOC_COLUMNS,
+    GRADE_COLUMNS,
+    QUERY_COLUMNS,
+    Issue,
+    Qrels,
+    Run,
+    RunFormatError,
+    pick_column,
+    read_qrels,
+    read_run,
+    read_table,
+    report_issues,
+)
 
-
-class RunFormatError(ValueError):
-    """A run or qrels file has problems; the message lists them with file and line."""
-
-
-@dataclass(frozen=True)
-class Issue:
-    path: str
-    line: int  # 1-based line in the file (for Parquet: 1-based row + 1, as if a header line came first)
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
-
-
-@dataclass
-class Run:
-    """Ranked document ids per query, best first."""
-
-    path: str
-    lists: dict[str, list[str]]
-    first_line: dict[str, int]  # where each query first appears, for messages
-    issues: list[Issue] = field(default_factory=list)
-
-
-@dataclass
-class Qrels:
-    """Judged documents and grades per query."""
-
-    path: str
-    judgements: dict[str, dict[str, float]]
-    first_line: dict[str, int]
-    issues: list[Issue] = field(default_factory=list)
-
-
-def report_issues(issues: list[Issue], errors: str, what: str) -> None:
-    """Raise (errors="raise") or warn (errors="warn") with every issue listed (the first 50 verbatim)."""
-    if errors not in ("raise", "warn"):
-        raise ValueError(f"errors must be 'raise' or 'warn', got {errors!r}")
-    if not issues:
-        return
-    issues.sort(key=lambda i: (i.path, i.line))  # file order, whatever check found them
-    shown = "\n".join(f"  {i}" for i in issues[:50])
-    more = f"\n  ... and {len(issues) - 50} more" if len(issues) > 50 else ""
-    message = f"{len(issues)} problem(s) in {what}:\n{shown}{more}"
-    if errors == "raise":
-        raise RunFormatError(
-            message + "\n(pass errors='warn' / --on-error warn to continue with them reported)"
-        )
-    warnings.warn(message, stacklevel=3)
-
-
-def pick_column(
-    columns: list[str], names: tuple[str, ...], path: str, role: str, required: bool = True
-) -> str | None:
-    found = [c for c in columns if c.lower() in names]
-    if not found and required:
-        raise RunFormatError(f"{path}: no {role} column; expected one of {names}, got {columns}")
-    return found[0] if found else None
-
-
-def read_table(path: Path) -> pl.DataFrame:
-    try:
-        if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        sep = "\t" if path.suffix == ".tsv" else ","
-        return pl.read_csv(path, separator=sep, infer_schema=False)  # all strings: ids stay as written
-    except Exception as err:  # polars raises several error types for malformed files
-        raise RunFormatError(f"{path}: cannot parse as a table: {err}") from err
-
-
-def _table_rows(path: Path, cols: list[str | None]) -> list[tuple[int, list[str | None]]]:
-    frame = read_table(path)
-    data = [frame[c].cast(pl.String).to_list() if c else [None] * frame.height for c in cols]
-    return [(i + 2, list(vals)) for i, vals in enumerate(zip(*data))]  # line 1 is the header
-
-
-def _float(text: str | None) -> float | None:
-    try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
-
-
-def _run_rows(path: Path) -> tuple[list[tuple[int, str, str, float | None, float | None]], list[Issue]]:
-    """(line, qid, docid, score, rank) rows and parse issues, from a TREC or tabular run."""
-    rows, issues = [], []
-    if path.suffix in (".csv", ".tsv", ".parquet"):
-        frame_cols = read_table(path).columns
-        q = pick_column(frame_cols, QUERY_COLUMNS, str(path), "query")
-        d = pick_column(frame_cols, DOC_COLUMNS, str(path), "document")
-        s = pick_column(frame_cols, ("score",), str(path), "score", required=False)
-        r = pick_column(frame_cols, ("rank",), str(path), "rank", required=False)
-        if s is None and r is None:
-            raise RunFormatError(f"{path}: a run needs a 'score' or a 'rank' column, got {frame_cols}")
-        for line, (qid, doc, score, rank) in _table_rows(path, [q, d, s, r]):
-            sc, rk = _float(score), _float(rank)
-            if not qid or not doc or (s and sc is None) or (r and rk is None):
-                issues.append(
-                    Issue(str(path), line, f"missing or non-numeric value in {(qid, doc, score, rank)}")
-                )
-                continue
-            rows.append((line, qid, doc, sc, rk))
-        return rows, issues
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            parts = text.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                issues.append(
-                    Issue(
-                        str(path), line, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}"
-                    )
-                )
-                continue
-            rank, score = _float(parts[3]), _float(parts[4])
-            if rank is None or score is None:
-                issues.append(
-                    Issue(str(path), line, f"rank {parts[3]!r} and score {parts[4]!r} must be finite numbers")
-                )
-                continue
-            rows.append((line, parts[0], parts[2], score, rank))
-    return rows, issues
-
-
-def read_run(path: str | Path, errors: str = "raise") -> Run:
-    """Read a TREC / CSV / Parquet run into ranked lists (see the module docstring for formats and order)."""
-    path = Path(path)
-    rows, issues = _run_rows(path)
-    by_query: dict[str, list[tuple[float, float, int, str]]] = {}
-    first_line: dict[str, int] = {}
-    seen: dict[tuple[str, str], int] = {}
-    for line, qid, doc, score, rank in rows:
-        if (qid, doc) in seen:
-            issues.append(
-                Issue(
-                    str(path),
-                    line,
-                    f"duplicate entry for query {qid!r}, doc {doc!r} (first on line {seen[qid, doc]}); kept the first",
-                )
-            )
-            continue
-        seen[qid, doc] = line
-        first_line.setdefault(qid, line)
-        # sort key: score descending (when present), then rank ascending, then file order
-        by_query.setdefault(qid, []).append(
-            (-score if score is not None else 0.0, rank if rank is not None else 0.0, line, doc)
-        )
-    report_issues(issues, errors, str(path))
-    lists = {q: [doc for *_, doc in sorted(entries)] for q, entries in by_query.items()}
-    return Run(str(path), lists, first_line, issues)
-
-
-def read_qrels(path: str | Path, errors: str = "raise") -> Qrels:
-    """Read TREC qrels, BEIR TSV qrels (header `query-id corpus-id score`) or CSV/Parquet judgements."""
-    path = Path(path)
-    issues: list[Issue] = []
-    rows: list[tuple[int, str, str, float]] = []
-    with open(path, "rb") as f:
-        head = f.readline().decode("utf-8", errors="replace").strip().lower()
-    first_token = head.replace(",", " ").split()[0] if head.split() else ""
-    if path.suffix in (".csv", ".parquet") or first_token in QUERY_COLUMNS:  # a header names its columns
-        frame_cols = read_table(path).columns
-        q = pick_column(frame_cols, QUERY_COLUMNS, str(path), "query")
-        d = pick_column(frame_cols, DOC_COLUMNS, str(path), "document")
-        g = pick_column(frame_cols, GRADE_COLUMNS, str(path), "grade", required=False)
-        for line, (qid, doc, grade) in _table_rows(path, [q, d, g]):
-            value = 1.0 if g is None else _float(grade.strip() if grade else grade)
-            if not qid or not doc or value is None:
-                issues.append(Issue(str(path), line, f"missing or non-numeric value in {(qid, doc, grade)}"))
-                continue
-            rows.append((line, qid.strip(), doc.strip(), value))
-    else:
-        with open(path, encoding="utf-8") as f:
-            for line, text in enumerate(f, start=1):
-                parts = text.split()
-                if not parts:
-                    continue
-                grade = _float(parts[3]) if len(parts) == 4 else None
-                if grade is None:
-                    issues.append(
-                        Issue(
-                            str(path),
-                            line,
-                            f"expected 'qid iter docid rel' with a numeric rel, got {text.strip()!r}",
-                        )
-                    )
-                    continue
-                rows.append((line, parts[0], parts[2], grade))
-    judgements: dict[str, dict[str, float]] = {}
-    first_line: dict[str, int] = {}
-    for line, qid, doc, grade in rows:
-        docs = judgements.setdefault(qid, {})
-        first_line.setdefault(qid, line)
-        if doc in docs:
-            issues.append(
-                Issue(str(path), line, f"duplicate judgement for query {qid!r}, doc {doc!r}; kept the first")
-            )
-            continue
-        docs[doc] = grade
-    report_issues(issues, errors, str(path))
-    return Qrels(str(path), judgements, first_line, issues)
+TIE_RULES = ("trec_eval", "rank", "optimistic", "pessimistic")
 
 
 @dataclass(frozen=True)
 class Aligned:
-    """Arrays ready for `metrics.evaluate_ranked`, queries in sorted qrels order."""
+    """A run ordered and joined with its qrels; queries sorted by id.
 
-    qids: list[str]  # (Q,)
-    ranked: np.ndarray  # (Q, K) int doc indices, -1 padding
+    Flat arrays hold only the retrieved documents with grade >= 1 (the only ones any measure reads), so
+    they stay small whatever the run's size; the dense (Q, K) `ranked` is kept only to `keep` positions.
+    """
+
+    qids: list[str]  # (Q,) evaluated queries
+    ranked: np.ndarray  # (Q, K) int doc indices into `docs`, -1 padding (K <= keep)
     rel_ids: np.ndarray  # (Q, R) int doc indices, -1 padding
     rel_grades: np.ndarray  # (Q, R) float
     docs: list[str]  # doc index -> doc id, for per-document data (popularity, features)
     issues: list[Issue]
+    ties: str = "trec_eval"
+    complete: bool = False
+    missing: list[str] = field(default_factory=list)  # qrels queries with no line in the run
+    run_only: list[str] = field(default_factory=list)  # run queries absent from the qrels (left out)
+    hit_query: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (H,) query index
+    hit_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (H,) 0-based position
+    hit_grade: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (H,) grade >= 1
+
+    @property
+    def mean(self) -> str:
+        return "complete" if self.complete else "ignore_missing"
 
 
-def align(run: Run, qrels: Qrels, depth: int | None = None, errors: str = "raise") -> Aligned:
-    """Map both files' doc ids to shared integers, over the qrels' queries; truncate runs at `depth`."""
-    issues = [
-        Issue(run.path, run.first_line[q], f"query {q!r} is not in the qrels {qrels.path}")
-        for q in run.lists
-        if q not in qrels.judgements
-    ]
-    qids = sorted(qrels.judgements)
-    issues += [
-        Issue(qrels.path, qrels.first_line[q], f"query {q!r} has no results in the run {run.path}")
-        for q in qids
-        if q not in run.lists
-    ]
-    report_issues(issues, errors, f"{run.path} vs {qrels.path}")
-    vocab: dict[str, int] = {}
-    lists = [run.lists.get(q, [])[:depth] for q in qids]
-    judged = [qrels.judgements[q] for q in qids]
-    ranked = np.full((len(qids), max((len(x) for x in lists), default=0)), -1, dtype=np.int64)
-    rel_ids = np.full((len(qids), max((len(x) for x in judged), default=0)), -1, dtype=np.int64)
-    rel_grades = np.zeros(rel_ids.shape)
-    for i, (docs, judgement) in enumerate(zip(lists, judged)):
-        ranked[i, : len(docs)] = [vocab.setdefault(d, len(vocab)) for d in docs]
-        rel_ids[i, : len(judgement)] = [vocab.setdefault(d, len(vocab)) for d in judgement]
-        rel_grades[i, : len(judgement)] = list(judgement.values())
-    return Aligned(qids, ranked, rel_ids, rel_grades, list(vocab), issues)
+def _sort_keys(ties: str) -> tuple[list[str], list[bool]]:
+    if ties == "trec_eval":
+        return ["q", "score", "docid"], [False, True, True]
+    if ties == "rank":
+        return ["q", "score", "rank", "line"], [False, True, False, False]
+    return ["q", "score", "_gain", "docid"], [False, True, ties == "optimistic", True]
+
+
+def align(
+    run: Run,
+    qrels: Qrels,
+    depth: int | None = None,
+    errors: str = "raise",
+    ties: str = "trec_eval",
+    complete: bool = False,
+    strict: bool = False,
+    keep: int | None = None,
+) -> Aligned:
+    """Order `run` under `ties`, cut it at `depth`, and join it with `qrels` (see the module docstring).
+
+    errors: "raise" or "warn" for file problems already collected by the readers (kept for symmetry).
+    strict: a qrels query absent from the run, or a run query absent from the qrels, is an error
+    (`RunFormatError`); otherwise each kind is one warning with its count. keep: positions kept in the
+    dense `ranked` (None = all; the measures never need it).
+    """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be >= 1 (or None for the whole run), got {depth}")
+    if keep is not None and keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    report_issues([], errors, "")  # validates `errors`
+    run_q = set(run.frame["qid"].unique().to_list())
+    qrels_q = set(qrels.frame["qid"].unique().to_list())
+    missing, run_only = sorted(qrels_q - run_q), sorted(run_q - qrels_q)
+    issues: list[Issue] = []
+    if missing:
+        text = f"{len(missing)} qrels quer{'y' if len(missing) == 1 else 'ies'} with no line in the run {run.path} (e.g. {missing[:3]})"
+        mode = (
+            "counted as 0 (complete)"
+            if complete
+            else "left out of the mean (trec_eval default; -c counts them as 0)"
+        )
+        issues.append(Issue(qrels.path, 0, f"{text}: {mode}"))
+    if run_only:
+        issues.append(
+            Issue(
+                run.path,
+                0,
+                f"{len(run_only)} run quer{'y' if len(run_only) == 1 else 'ies'} not in the qrels {qrels.path} (e.g. {run_only[:3]}): left out",
+            )
+        )
+    if issues and strict:
+        raise RunFormatError("; ".join(i.message for i in issues) + " (strict)")
+    for issue in issues:
+        warnings.warn(issue.message, stacklevel=2)
+
+    qids = sorted(qrels_q if complete else qrels_q & run_q)
+    queries = pl.DataFrame({"qid": qids, "q": np.arange(len(qids), dtype=np.int64)})
+    needed = ["qid", "docid", "score"] + (["rank", "line"] if ties == "rank" else [])
+    rows = run.frame.lazy().select(needed).join(queries.lazy(), on="qid", how="inner")
+    rows = rows.join(qrels.frame.lazy().select("qid", "docid", "grade"), on=["qid", "docid"], how="left")
+    gain = pl.when(pl.col("grade") >= 1).then(pl.col("grade")).otherwise(0.0)
+    keys, descending = _sort_keys(ties)
+    rows = (
+        rows.with_columns(_gain=gain)
+        .drop("qid")
+        .sort(keys, descending=descending, nulls_last=True, maintain_order=True)
+        .with_columns(pos=pl.int_range(pl.len(), dtype=pl.Int64).over("q"))
+    )
+    if depth is not None:
+        rows = rows.filter(pl.col("pos") < depth)
+    rows = rows.collect()
+    hits = rows.filter(pl.col("_gain") > 0)
+
+    # dense views: qrels (Q, R) and the first `keep` positions of the run (Q, K)
+    judged = qrels.frame.join(queries, on="qid", how="inner").sort(["q", "line"])
+    top = rows if keep is None else rows.filter(pl.col("pos") < keep)
+    docs = pl.concat([judged["docid"], top["docid"]]).unique(maintain_order=True)
+    code = pl.DataFrame({"docid": docs, "code": np.arange(len(docs), dtype=np.int64)})
+    judged = judged.join(code, on="docid", how="left", maintain_order="left")
+    top = top.join(code, on="docid", how="left", maintain_order="left")
+    q, k = len(qids), int(top["pos"].max() + 1) if top.height else 0
+    ranked = np.full((q, k), -1, dtype=np.int64)
+    ranked[top["q"].to_numpy(), top["pos"].to_numpy()] = top["code"].to_numpy()
+    jq = judged["q"].to_numpy()
+    jpos = np.arange(len(jq)) - np.searchsorted(jq, jq)  # 0-based index inside the query (jq sorted)
+    r = int(jpos.max() + 1) if len(jpos) else 0
+    rel_ids = np.full((q, r), -1, dtype=np.int64)
+    rel_grades = np.zeros((q, r))
+    rel_ids[jq, jpos] = judged["code"].to_numpy()
+    rel_grades[jq, jpos] = judged["grade"].to_numpy()
+    return Aligned(
+        qids,
+        ranked,
+        rel_ids,
+        rel_grades,
+        docs.to_list(),
+        issues,
+        ties,
+        complete,
+        missing,
+        run_only,
+        hits["q"].to_numpy().astype(np.int64),
+        hits["pos"].to_numpy().astype(np.int64),
+        hits["_gain"].to_numpy().astype(np.float64),
+    )
+
+
+def evaluate_aligned(
+    aligned: Aligned, ks: tuple[int, ...] = (1, 5, 10, 20), exponential: bool = False
+) -> dict[str, np.ndarray]:
+    """Per-query measures (Q,) from the flat hit arrays: the fast path of `metrics.evaluate_ranked`.
+
+    Same keys and values as `evaluate_ranked(aligned.ranked, aligned.rel_ids, aligned.rel_grades, ks)`
+    (tested equal), but it reads only the relevant retrieved documents, never a (Q, K) matrix.
+    Keys: hr@k (success_k), recall@k, precision@k (P_k), ndcg@k (ndcg_cut_k), map@k (map_cut_k), mrr
+    (recip_rank), map.
+    """
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive cut-offs, got {ks}")
+    nq = len(aligned.qids)
+    hq, hpos, hgain = aligned.hit_query, aligned.hit_pos, aligned.hit_grade  # (H,) sorted by (q, pos)
+    # the i-th relevant document of its query (0-based): hits are sorted by query, then position
+    rel_rank = np.arange(len(hq)) - np.searchsorted(hq, hq)
+    prec_at_hit = (rel_rank + 1) / (hpos + 1)  # precision at each relevant position
+    # the ideal ranking: each query's grades >= 1, descending
+    grades = np.where(aligned.rel_grades >= 1, aligned.rel_grades, 0.0)
+    ideal = -np.sort(-grades, axis=1)  # (Q, R)
+    num_rel = (ideal > 0).sum(axis=1)
+    if exponential:
+        hgain, ideal = np.exp2(hgain) - 1, np.exp2(ideal) - 1
+    discount = 1.0 / np.log2(np.arange(2, ideal.shape[1] + 2))  # (R,)
+
+    def per_query(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        w = None if weights is None else weights[mask]
+        return np.bincount(hq[mask], weights=w, minlength=nq).astype(np.float64)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros(nq), where=b > 0)
+
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        inside = hpos < k
+        hits = per_query(inside)
+        out[f"hr@{k}"] = (hits > 0).astype(np.float64)
+        out[f"recall@{k}"] = ratio(hits, num_rel)
+        out[f"precision@{k}"] = hits / k
+        dcg = per_query(inside, hgain / np.log2(hpos + 2))
+        out[f"ndcg@{k}"] = ratio(dcg, (ideal[:, :k] * discount[:k]).sum(axis=1))
+        out[f"map@{k}"] = ratio(per_query(inside, prec_at_hit), num_rel)
+    everything = np.ones(len(hq), dtype=bool)
+    first = np.zeros(nq)
+    is_first = rel_rank == 0
+    first[hq[is_first]] = 1.0 / (hpos[is_first] + 1)
+    out["mrr"] = first
+    out["map"] = ratio(per_query(everything, prec_at_hit), num_rel)
+    return out

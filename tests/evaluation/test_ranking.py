@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,13 @@ def _random_setup(seed=0, users=37):
     return histories, targets, table
 
 
-def _reference_full_rank(scores, history, target, exclude):
-    valid = [j for j in range(V) if j not in exclude and (j == target or j not in set(history.tolist()))]
+def _reference_full_rank(scores, history, target, exclude, seen="target_exempt"):
+    """The rank by definition: a loop over the items that stay under the `seen` protocol."""
+    hist = set(history.tolist())
+    if seen == "strict" and target in hist:
+        return np.inf  # removed with the history: a miss
+    kept = (lambda j: True) if seen == "none" else (lambda j: j == target or j not in hist)
+    valid = [j for j in range(V) if j not in exclude and kept(j)]
     t = scores[target]
     return 1 + sum(scores[j] > t for j in valid) + sum(scores[j] == t for j in valid if j != target)
 
@@ -52,25 +59,51 @@ def test_hand_computed_full_rank():
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
-def test_full_protocol_matches_reference_loop(batch_size):
+@pytest.mark.parametrize("seen", ["strict", "none", "target_exempt"])
+def test_full_protocol_matches_reference_loop(batch_size, seen):
     histories, targets, table = _random_setup()
     before = table.clone()
-    res = evaluate_ranking(
-        _table_scorer(table), histories, targets, V, batch_size=batch_size, exclude_ids=(0, 22)
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # target_exempt warns
+        res = evaluate_ranking(
+            _table_scorer(table), histories, targets, V, batch_size=batch_size, exclude_ids=(0, 22),
+            exclude_seen=seen,
+        )  # fmt: skip
     torch.testing.assert_close(table, before)  # the caller's scores are not modified
-    expected = [_reference_full_rank(table[u].numpy(), histories[u], targets[u], {0, 22}) for u in range(37)]
+    expected = [
+        _reference_full_rank(table[u].numpy(), histories[u], targets[u], {0, 22}, seen) for u in range(37)
+    ]
     np.testing.assert_array_equal(res.ranks, expected)
-    for u in range(37):  # top-k never holds a seen (non-target) or excluded item
-        banned = (set(histories[u].tolist()) - {targets[u]}) | {0, 22}
+    repeats = [targets[u] in set(histories[u].tolist()) for u in range(37)]
+    assert res.exclude_seen == seen and res.repeat_rate == pytest.approx(np.mean(repeats))
+    assert 0 < sum(repeats) < 37  # both kinds of user are tested
+    for u in range(37):  # top-k never holds an excluded item
+        hist = set(histories[u].tolist())
+        banned = {"strict": hist, "none": set(), "target_exempt": hist - {targets[u]}}[seen] | {0, 22}
         assert not banned & set(res.topk[u].tolist())
 
 
-def test_target_in_history_is_still_ranked_and_seen_can_be_kept():
+def test_seen_protocols_by_hand():
+    # item 2 (the target) was seen, and so was item 1, which outscores everything
     scores = torch.tensor([[0.0, 3.0, 2.0, 1.0]])
     hist, tgt = [np.array([1, 2])], np.array([2])
-    assert evaluate_ranking(lambda h: scores, hist, tgt, 4).ranks[0] == 1  # item 1 seen, target kept
-    assert evaluate_ranking(lambda h: scores, hist, tgt, 4, exclude_seen=False).ranks[0] == 2
+    strict = evaluate_ranking(lambda h: scores, hist, tgt, 4, ks=(1, 3))
+    assert strict.ranks[0] == np.inf and strict.exclude_seen == "strict"  # default: a seen target is a miss
+    assert strict.metrics["hr@3"] == 0.0 and strict.metrics["mrr"] == 0.0 and strict.repeat_rate == 1.0
+    assert 2 not in strict.topk[0] and 1 not in strict.topk[0]
+    assert evaluate_ranking(lambda h: scores, hist, tgt, 4, exclude_seen=True).ranks[0] == np.inf
+    for flag in (False, "none"):  # everything competes
+        none = evaluate_ranking(lambda h: scores, hist, tgt, 4, exclude_seen=flag)
+        assert none.ranks[0] == 2 and none.exclude_seen == "none"
+    with pytest.warns(UserWarning, match="target_exempt"):
+        exempt = evaluate_ranking(lambda h: scores, hist, tgt, 4, exclude_seen="target_exempt")
+    assert exempt.ranks[0] == 1  # item 1 removed, the seen target kept: the leak
+    assert exempt.settings["exclude_seen"] == "target_exempt"
+    with pytest.raises(ValueError, match="exclude_seen must be"):
+        evaluate_ranking(lambda h: scores, hist, tgt, 4, exclude_seen="sometimes")
+    negatives = np.array([[3]])
+    sampled = evaluate_ranking(lambda h: scores, hist, tgt, 4, protocol="sampled", candidates=negatives)
+    assert sampled.ranks[0] == np.inf and 2 not in sampled.topk[0]  # strict holds for sampled too
 
 
 def test_minus_inf_target_gets_the_worst_valid_rank():
@@ -89,10 +122,13 @@ def test_sampled_protocol_matches_reference():
     t = s[np.arange(37), targets]
     picked = np.take_along_axis(s, negatives, axis=1)
     expected = 1 + (picked > t[:, None]).sum(1) + (picked == t[:, None]).sum(1)
-    np.testing.assert_array_equal(res.ranks, expected)
-    assert res.ranks.max() <= 7
-    for u in range(37):
-        assert set(res.topk[u].tolist()) == set(negatives[u].tolist()) | {targets[u], -1}  # 7 < 10: padded
+    seen = np.array([targets[u] in set(histories[u].tolist()) for u in range(37)])
+    assert seen.any() and not seen.all()
+    np.testing.assert_array_equal(res.ranks, np.where(seen, np.inf, expected))  # strict: seen = miss
+    assert res.ranks[~seen].max() <= 7
+    for u in range(37):  # 7 < 10: padded; a seen target is not listed
+        kept = set() if seen[u] else {targets[u]}
+        assert set(res.topk[u].tolist()) == set(negatives[u].tolist()) | kept | {-1}
 
 
 def test_metrics_are_means_of_per_user_vectors():

@@ -95,10 +95,28 @@ def test_write_report_accepts_eval_results_and_checks_alignment(tmp_path):
     paths = write_report(runs, tmp_path, baseline="a", segments=seg, n_resamples=100)
     data = json.loads(paths["metrics.json"].read_text())
     assert (
-        data["runs"]["b"]["extra"]["coverage@10"] > 0 and data["runs"]["b"]["metadata"]["protocol"] == "full"
+        data["runs"]["b"]["extra"]["coverage@10"] > 0
+        and data["runs"]["b"]["metadata"]["protocol"] == "full"
+        and data["runs"]["b"]["metadata"]["exclude_seen"] == "strict"
     )
     assert data["segments"]["history length"]["groups"]["<= 20"]["n"] == 20
     with pytest.raises(ValueError, match="same metrics"):
         write_report({"a": RunResult({"hr@1": np.zeros(3)}), "b": RunResult({"hr@1": np.zeros(4)})}, tmp_path)
     with pytest.raises(ValueError, match="one per query"):
         write_report({"a": RunResult({"hr@1": np.zeros(3)})}, tmp_path, segments={"g": np.zeros(2)})
+
+
+def test_report_imports_matplotlib_lazily_and_never_switches_the_backend(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from seqbert.evaluation.report import write_report\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "import matplotlib; matplotlib.use('svg')\n"
+        f"write_report({{'a': {{'hr@1': np.ones(4), 'hr@5': np.ones(4)}}}}, {str(tmp_path)!r}, n_resamples=10)\n"
+        "assert matplotlib.get_backend() == 'svg'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "metric_at_k.png").stat().st_size > 1000

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from seqbert.evaluation.metrics import evaluate_ranked, mean_metrics
-from seqbert.evaluation.runs import RunFormatError, align, read_qrels, read_run
+from seqbert.evaluation.runs import RunFormatError, align, evaluate_aligned, read_qrels, read_run
 
 TREC_RUN = """q1 Q0 d3 2 0.5 sys
 q1 Q0 d1 1 0.9 sys
@@ -20,7 +20,7 @@ def _write(path, text, newline="\n"):
 
 def test_trec_run_order_and_qrels(tmp_path):
     run = read_run(_write(tmp_path / "a.trec", TREC_RUN))
-    # score descending; the tie d3/d2 at 0.5 follows the file's rank column
+    # score descending; the tie d3/d2 at 0.5: docid descending (trec_eval), here also the rank column's order
     assert run.lists == {"q1": ["d1", "d3", "d2"], "q2": ["d9"]}
     qrels = read_qrels(_write(tmp_path / "q.txt", TREC_QRELS))
     assert qrels.judgements == {"q1": {"d1": 1.0, "d2": 2.0}, "q2": {"d7": 1.0}}
@@ -56,16 +56,42 @@ def test_malformed_and_duplicate_lines_name_file_and_line(tmp_path):
         read_qrels(dup)
 
 
-def test_unknown_and_missing_queries(tmp_path):
+def test_unknown_and_missing_queries_follow_trec_eval(tmp_path):
+    # was: both an error by default. trec_eval leaves a qrels query without results out of the mean
+    # (-c counts it as 0) and ignores run-only queries; both are now a warning with the count, and
+    # strict=True (--strict) is the old error.
     run = read_run(_write(tmp_path / "a.trec", TREC_RUN + "q9 Q0 d1 1 1.0 sys\n"))
     qrels = read_qrels(_write(tmp_path / "q.txt", TREC_QRELS + "q3 0 d1 1\n"))
-    with pytest.raises(RunFormatError) as err:
-        align(run, qrels)
-    assert "a.trec:5: query 'q9' is not in the qrels" in str(err.value)
-    assert "q.txt:4: query 'q3' has no results in the run" in str(err.value)
-    with pytest.warns(UserWarning, match="2 problem"):
-        a = align(run, qrels, errors="warn")
-    assert a.qids == ["q1", "q2", "q3"] and (a.ranked[2] == -1).all()  # scored as an empty ranking
+    with pytest.raises(RunFormatError, match="1 qrels query with no line in the run.*1 run query not in"):
+        align(run, qrels, strict=True)
+    with pytest.warns(UserWarning, match="left out of the mean"):
+        a = align(run, qrels)
+    assert a.qids == ["q1", "q2"] and a.missing == ["q3"] and a.run_only == ["q9"]
+    with pytest.warns(UserWarning, match="counted as 0"):
+        c = align(run, qrels, complete=True)
+    assert c.qids == ["q1", "q2", "q3"] and (c.ranked[2] == -1).all()  # scored as an empty ranking
+    assert evaluate_aligned(c, (1,))["hr@1"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_tie_rules_and_depth(tmp_path):
+    # d10 and d9 tie at 0.5; the rank column says d10 first; trec_eval: docid descending -> "d9" > "d10"
+    run = read_run(_write(tmp_path / "t.trec", "q Q0 d10 1 0.5 s\nq Q0 d9 2 0.5 s\nq Q0 d1 3 0.9 s\n"))
+    qrels = read_qrels(_write(tmp_path / "q.txt", "q 0 d10 1\n"))
+    order = {t: align(run, qrels, ties=t) for t in ("trec_eval", "rank", "optimistic", "pessimistic")}
+    docs = {t: [a.docs[i] for i in a.ranked[0]] for t, a in order.items()}
+    assert docs == {
+        "trec_eval": ["d1", "d9", "d10"],
+        "rank": ["d1", "d10", "d9"],
+        "optimistic": ["d1", "d10", "d9"],
+        "pessimistic": ["d1", "d9", "d10"],
+    }
+    assert run.lists == {"q": ["d1", "d9", "d10"]}
+    cut = align(run, qrels, depth=1)
+    assert [cut.docs[i] for i in cut.ranked[0]] == ["d1"]
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        align(run, qrels, depth=0)
+    with pytest.raises(ValueError, match="ties must be one of"):
+        align(run, qrels, ties="random")
 
 
 def test_csv_and_parquet_runs(tmp_path):
