@@ -161,14 +161,18 @@ def _ordered(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best columns of (B, C) scores by (score desc, column asc), in that order.
+    """The k best columns of (B, C) scores by (score desc, column asc), k <= C.
 
-    torch.topk picks arbitrarily among values tied at the k-th score; rows where it left some of them out
-    are redone with a stable sort, so the lowest columns among the tied win.
+    torch.topk returns the right values but picks arbitrarily among columns tied at the k-th value. One
+    more value tells where that can matter: if the (k+1)-th equals the k-th, some tied column may have been
+    left out, and such rows (rare with float scores) are redone with a stable sort, lowest column first.
     """
-    values, cols = scores.topk(k, dim=1)  # (B, k)
-    kth = values[:, -1:]  # (B, 1)
-    ambiguous = ((scores == kth).sum(1) > (values == kth).sum(1)) & torch.isfinite(kth[:, 0])  # (B,)
+    if k == scores.shape[1]:  # every column is taken: nothing can be left out
+        values, cols = scores.topk(k, dim=1)
+        return values, cols
+    values, cols = scores.topk(k + 1, dim=1)  # (B, k + 1)
+    ambiguous = (values[:, k] == values[:, k - 1]) & torch.isfinite(values[:, k - 1])  # (B,)
+    values, cols = values[:, :k], cols[:, :k]
     if ambiguous.any():
         rows = ambiguous.nonzero()[:, 0]
         fixed = scores[rows].sort(dim=1, descending=True, stable=True)
@@ -208,14 +212,16 @@ def topk_over_catalogue(
         ex_ids = torch.cat([e for _, e in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
         ex_rows = torch.cat([torch.full((len(e),), b, dtype=torch.long) for b, e in pairs]) if pairs else ex_ids
         order = ex_ids.argsort()
-        ex_ids, ex_rows = ex_ids[order].to(device), ex_rows[order].to(device)
-    for start in range(0, V, chunk):
+        ex_ids, ex_rows = ex_ids[order], ex_rows[order]
+        # where each chunk's excluded ids start, by one numpy search (torch's stalls on a busy CPU pool)
+        bounds = np.searchsorted(ex_ids.numpy(), [*range(0, V, chunk), V]).tolist()
+        ex_ids, ex_rows = ex_ids.to(device), ex_rows.to(device)
+    for c, start in enumerate(range(0, V, chunk)):
         stop = min(start + chunk, V)
-        scores = queries @ item_weights[start:stop].T  # (B, C)
-        if item_bias is not None:
-            scores += item_bias[start:stop]
+        w = item_weights[start:stop]  # (C, H)
+        scores = queries @ w.T if item_bias is None else torch.addmm(item_bias[start:stop], queries, w.T)  # (B, C)
         if ex_ids is not None:
-            lo, hi = torch.searchsorted(ex_ids, torch.tensor([start, stop], device=device)).tolist()
+            lo, hi = bounds[c], bounds[c + 1]
             scores[ex_rows[lo:hi], ex_ids[lo:hi] - start] = float("-inf")
         values, cols = _chunk_topk(scores, min(k, stop - start))  # (B, k')
         # merge: best holds lower ids than this chunk, and both are (score desc, id asc) ordered
