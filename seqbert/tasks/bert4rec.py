@@ -7,8 +7,9 @@ gold loss: is BERT4Rec really better than SASRec?"):
   next_item  causal attention; every position predicts the next item (cross-entropy over the catalogue,
              "SASRec+"); at inference the last history position scores the catalogue.
 Sequences are left-padded so the query position is always the last column (L - 1).
-Losses over the catalogue: full softmax cross-entropy (default), sampled softmax, or gBCE (Petrov &
-Macdonald 2023, "gSASRec"), all computed only at the labelled positions.
+Losses over the catalogue: full softmax cross-entropy (default), sampled softmax with logQ correction, or
+gBCE (Petrov & Macdonald 2023, "gSASRec"), all computed only at the labelled positions; the sampled ones
+live in `seqbert.tasks.catalogue` and never build (M, V) logits.
 Shape legend: B batch, L length, H hidden, V vocabulary (specials + items), M labelled positions,
 K negatives.
 """
@@ -27,6 +28,7 @@ from seqbert.data.masking import mask_tokens
 from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID
 from seqbert.model.bert import Bert, BertConfig, init_weights
 from seqbert.model.heads import IGNORE_INDEX, MLMHead
+from seqbert.tasks.catalogue import NEGATIVES, NegativeSampler, gbce_loss, sampled_logits, sampled_softmax_loss
 
 OBJECTIVES = ("cloze", "next_item")
 LOSSES = ("ce", "sampled_softmax", "gbce")
@@ -46,14 +48,11 @@ class RecConfig:
     )  # [MASK]-only as in the paper; BERT: 0.8/0.1/0.1
     last_item_prob: float = 0.1  # cloze: share of windows with only the last item masked (Sun et al. §3.6)
     window_stride: int = 0  # stride between training windows of long histories; 0 = max_len (no overlap)
-    loss: str = "ce"
-    num_negatives: int = 256  # sampled_softmax / gbce
+    loss: str = "ce"  # one of LOSSES; the loss is the mean over the batch's labelled positions
+    num_negatives: int = 256  # sampled_softmax / gbce: K negatives shared by the batch
+    negatives: str = "uniform"  # sampled_softmax: one of catalogue.NEGATIVES; gbce: uniform only
+    mixed_share: float = 0.5  # negatives="mixed": share of the K drawn by popularity, the rest uniform
     gbce_t: float = 0.75  # gBCE calibration t (Petrov & Macdonald 2023)
-    # 0: the loss is the mean over the batch's labelled positions. > 0: their sum divided by this constant
-    # (the mean number of labelled positions per batch), so every labelled item weighs the same whatever
-    # batch it is in. With length-bucketed batches the per-batch mean weighs an item of a batch of short
-    # histories (few labels) more than one in a batch of long histories.
-    loss_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -70,8 +69,12 @@ class RecConfig:
             raise ValueError(f"RecConfig.window_stride must be >= 0, got {self.window_stride!r}")
         if self.num_negatives < 1:
             raise ValueError(f"RecConfig.num_negatives must be >= 1, got {self.num_negatives!r}")
-        if self.loss_norm < 0:
-            raise ValueError(f"RecConfig.loss_norm must be >= 0, got {self.loss_norm!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"RecConfig.negatives must be one of {NEGATIVES}, got {self.negatives!r}")
+        if self.loss == "gbce" and self.negatives != "uniform":
+            raise ValueError(f"RecConfig.negatives must be 'uniform' for loss='gbce' (its beta assumes it), got {self.negatives!r}")
+        if not 0.0 < self.mixed_share < 1.0:
+            raise ValueError(f"RecConfig.mixed_share must be in (0, 1), got {self.mixed_share!r}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ValueError(f"RecConfig.gbce_t must be in [0, 1], got {self.gbce_t!r}")
         if len(self.replace_probs) != 3 or abs(sum(self.replace_probs) - 1.0) > 1e-6:
@@ -113,8 +116,18 @@ def training_windows(sequences: Sequence[np.ndarray], config: RecConfig) -> torc
     return torch.from_numpy(np.stack(rows).astype(np.int64))  # (N, W)
 
 
-def make_collate(config: RecConfig, vocab_size: int):
-    """collate(raw {"items": (B, W)}, generator) -> model batch; all randomness from `generator`."""
+def make_collate(config: RecConfig, vocab_size: int, item_counts: np.ndarray | None = None):
+    """collate(raw {"items": (B, W)}, generator) -> model batch; all randomness from `generator`.
+
+    Sampled losses add K negatives shared by the batch and their logQ terms, repeated on every row as
+    "negatives" and "negative_log_expected" (B, K), so the batch shards over processes like any other.
+    `item_counts` (vocab_size,): training counts per id (`catalogue.count_items`), for popularity negatives.
+    """
+    sampler = None
+    if config.loss != "ce":
+        sampler = NegativeSampler(
+            vocab_size, config.num_negatives, config.negatives, item_counts, config.mixed_share
+        )
 
     def collate(raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         items = raw["items"]  # (B, W)
@@ -137,12 +150,12 @@ def make_collate(config: RecConfig, vocab_size: int):
                 inputs = torch.where(last_only[:, None], torch.where(last, MASK_ID, items), inputs)
                 labels = torch.where(last_only[:, None], torch.where(last, items, IGNORE_INDEX), labels)
             batch = {"input_ids": inputs, "attention_mask": (~pad).long(), "labels": labels}
-        if config.loss != "ce":
-            # one shared set of uniform negatives per batch (Petrov & Macdonald 2023 sample per position;
-            # sharing keeps the (M, K) logits one matmul and is unbiased for uniform sampling)
-            batch["negatives"] = torch.randint(
-                FIRST_ITEM_ID, vocab_size, (config.num_negatives,), generator=generator
-            )
+        if sampler is not None:
+            # one set of negatives for the whole batch (Petrov & Macdonald 2023 sample per position;
+            # sharing keeps the (M, K) logits one matmul)
+            negatives, log_expected = sampler.sample(generator)  # (K,), (K,)
+            batch["negatives"] = negatives.expand(len(items), -1).contiguous()  # (B, K)
+            batch["negative_log_expected"] = log_expected.expand(len(items), -1).contiguous()  # (B, K)
         return batch
 
     return collate
@@ -226,34 +239,21 @@ class SeqRecommender(nn.Module):
         labels = labels[:, first:]  # (B, L - first)
         where = labels != IGNORE_INDEX  # (B, L - first)
         rows, targets = hidden[where], labels[where]  # (M, H), (M,)
-        cfg = self.rec_config
-        if cfg.loss == "ce":
+        if self.rec_config.loss == "ce":
             logits = self.catalogue_logits(rows)  # (M, V)
-            return RecOutput(self._reduce(F.cross_entropy(logits, targets, reduction="none")), logits)
-        negatives = batch["negatives"]  # (K,)
-        t = self.transformed(rows)  # (M, H)
+            return RecOutput(F.cross_entropy(logits, targets), logits)
+        # sampled losses: logits only for the targets and the K shared negatives, never (M, V)
+        negatives = batch["negatives"]  # (B, K), every row the same
+        if not bool((negatives == negatives[:1]).all()):
+            raise ValueError("batch['negatives'] must repeat one (K,) set on every row (see make_collate)")
         weight, bias = self.head.decoder.weight, self.head.decoder.bias
-        pos = (t * weight[targets]).sum(-1, keepdim=True) + bias[targets, None]  # (M, 1)
-        neg = t @ weight[negatives].T + bias[negatives]  # (M, K)
-        neg = neg.masked_fill(
-            negatives[None, :] == targets[:, None], float("-inf")
-        )  # a negative that is the target
-        logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
-        if cfg.loss == "sampled_softmax":
-            loss = F.cross_entropy(logits, torch.zeros_like(targets), reduction="none")  # (M,)
-            return RecOutput(self._reduce(loss), logits)
-        # gBCE: beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = K / (|I| - 1) the negative sampling rate;
-        # loss = -log sigmoid(s+)^beta - sum log(1 - sigmoid(s-)) (Petrov & Macdonald 2023, eq. 6-7)
-        num_items = self.config.vocab_size - FIRST_ITEM_ID
-        alpha = negatives.numel() / (num_items - 1)
-        beta = alpha * (cfg.gbce_t * (1 - 1 / alpha) + 1 / alpha)
-        loss = -(beta * F.logsigmoid(pos)).sum(-1) - F.logsigmoid(-neg).sum(-1)  # (M,); -inf negatives give 0
-        return RecOutput(self._reduce(loss), logits)
-
-    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
-        """(M,) per-label losses -> the batch loss: their mean, or their sum / `RecConfig.loss_norm`."""
-        norm = self.rec_config.loss_norm
-        return loss.sum() / norm if norm > 0 else loss.mean()
+        pos, neg = sampled_logits(self.transformed(rows), weight, bias, targets, negatives[0])  # (M,), (M, K)
+        if self.rec_config.loss == "sampled_softmax":
+            loss = sampled_softmax_loss(pos, neg, batch["negative_log_expected"][0])  # (M,)
+        else:
+            num_items = self.config.vocab_size - FIRST_ITEM_ID
+            loss = gbce_loss(pos, neg, num_items, self.rec_config.gbce_t)  # (M,)
+        return RecOutput(loss.mean(), torch.cat([pos[:, None], neg], dim=1))
 
     def query_hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Encoder output (B, H) at the query position (the last column) of left-padded inputs.

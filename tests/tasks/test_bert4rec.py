@@ -172,19 +172,6 @@ def test_training_loss_and_gradients_are_unchanged_by_trimming_shared_padding(ob
         model(bad)
 
 
-@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "gbce"])
-def test_constant_loss_norm_weighs_every_label_alike(loss):
-    model, rec = small_model("cloze", loss=loss, max_len=12)
-    model.eval()
-    batch = make_collate(rec, V)({"items": training_windows(seqs([4, 9, 6]), rec)}, torch.Generator())
-    labels = int((batch["labels"] != IGNORE_INDEX).sum())
-    mean = model(batch).loss
-    model.rec_config = dataclasses.replace(rec, loss_norm=2.0 * labels)
-    torch.testing.assert_close(model(batch).loss, mean / 2)  # sum / constant, not mean
-    with pytest.raises(ValueError, match="loss_norm"):
-        RecConfig(loss_norm=-1.0)
-
-
 @pytest.mark.parametrize("objective", ["cloze", "next_item"])
 def test_candidate_scores_equal_full_scores_gathered(objective):
     model, rec = small_model(objective)

@@ -1,0 +1,268 @@
+"""Losses and top-K that scale with the catalogue: sampled softmax = full CE in its limit, logQ consistency,
+gBCE by hand, the sampler's distribution, no (M, V) logits, chunked top-K = dense top-K (ties included)."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from seqbert.data.vocab import FIRST_ITEM_ID
+from seqbert.model.bert import BertConfig
+from seqbert.model.heads import IGNORE_INDEX
+from seqbert.tasks.bert4rec import RecConfig, SeqRecommender, make_collate, score_histories, training_windows
+from seqbert.tasks.catalogue import (
+    NegativeSampler,
+    count_items,
+    gbce_loss,
+    sampled_softmax_loss,
+    topk_histories,
+    topk_over_catalogue,
+)
+
+V = 2 + 29  # specials + 29 items (odd on purpose)
+N = V - FIRST_ITEM_ID
+
+
+def small_model(objective="cloze", loss="ce", vocab_size=V, hidden=12, **task):
+    rec = RecConfig(objective=objective, max_len=9, mask_prob=0.3, loss=loss, num_negatives=7, **task)
+    bert = BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_layers=1, num_heads=3, intermediate_size=17, max_len=9,
+        type_vocab_size=0, causal=objective == "next_item",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return SeqRecommender(bert, rec), rec
+
+
+def seqs(lengths, seed=0, vocab_size=V):
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(np.arange(FIRST_ITEM_ID, vocab_size))[:n] for n in lengths]
+
+
+# ------------------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+def test_sampled_softmax_with_every_item_once_is_full_cross_entropy(objective):
+    model, rec = small_model(objective)
+    model = model.double().eval()
+    batch = make_collate(rec, V)({"items": training_windows(seqs([4, 9, 6, 2]), rec)}, torch.Generator())
+    full = model(batch).loss
+    full.backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # every item once = uniform q with K = N, so log(K q) = 0: the sampler's own logQ term must say so
+    sampler = NegativeSampler(V, N, "uniform")
+    assert torch.equal(sampler.log_expected, torch.zeros(N))
+    rows = len(batch["labels"])
+    batch["negatives"] = torch.arange(FIRST_ITEM_ID, V).expand(rows, -1)  # (B, N)
+    batch["negative_log_expected"] = sampler.log_expected.double().expand(rows, -1)  # (B, N)
+    model.rec_config = dataclasses.replace(rec, loss="sampled_softmax")
+    sampled = model(batch).loss
+    sampled.backward()
+    torch.testing.assert_close(sampled, full, rtol=0, atol=1e-6)
+    for a, p in zip(full_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=0, atol=1e-6)
+
+
+def expected_sampled_gradient(scores, target, sampler, draws, corrected):
+    """Mean over `draws` batches of d(sampled loss)/d(scores) (N,): the expectation by Monte Carlo."""
+    gen = torch.Generator().manual_seed(0)
+    drawn = [sampler.sample(gen) for _ in range(draws)]
+    ids = torch.stack([d[0] for d in drawn]) - FIRST_ITEM_ID  # (D, K) rows of `scores`
+    log_expected = torch.stack([d[1] for d in drawn]).double()  # (D, K)
+    s = scores.clone().requires_grad_(True)
+    neg = s[ids].masked_fill(ids == target, float("-inf"))  # (D, K), accidental hits removed
+    loss = sampled_softmax_loss(s[target].expand(draws), neg, log_expected if corrected else None)
+    loss.mean().backward()
+    return s.grad
+
+
+def test_logq_makes_the_popularity_sampled_gradient_consistent():
+    """Sampled softmax with logQ is consistent, not unbiased at finite K (Bengio & Senecal 2008): its
+    expected gradient approaches the full softmax's as K grows. Without logQ it converges elsewhere
+    (towards popular items). Expectations by 400 draws; full gradient = softmax(s) - onehot(t)."""
+    n, target = 40, 3
+    rng = np.random.default_rng(0)
+    counts = np.zeros(n + FIRST_ITEM_ID)
+    counts[FIRST_ITEM_ID:] = np.round(1000.0 / np.arange(1, n + 1) ** 1.1)  # Zipf popularity, 1000 .. 17
+    scores = torch.from_numpy(rng.normal(0, 1.5, n))  # (N,)
+    full = torch.softmax(scores, 0) - torch.nn.functional.one_hot(torch.tensor(target), n)  # (N,)
+    errors = {}
+    for k in (16, 1024):
+        sampler = NegativeSampler(n + FIRST_ITEM_ID, k, "popularity", counts)
+        for corrected in (True, False):
+            g = expected_sampled_gradient(scores, target, sampler, 400, corrected)
+            errors[k, corrected] = float((g - full).norm() / full.norm())
+    # the corrected gradient approaches the full one as K grows; the uncorrected one stays far away
+    assert errors[1024, True] < 0.03, errors
+    assert errors[1024, True] < errors[16, True] / 3, errors
+    assert errors[1024, False] > 0.2, errors
+    assert errors[1024, True] < errors[1024, False] / 20, errors
+
+
+def test_gbce_matches_the_formula_by_hand():
+    pos = torch.tensor([0.3, -1.1])
+    neg = torch.tensor([[-0.5, 1.2, float("-inf")], [0.0, 2.0, -3.0]])  # an accidental hit in row 0
+    num_items, t = 11, 0.75
+
+    def log_sigmoid(x):
+        return -math.log1p(math.exp(-x))
+
+    alpha = 3 / 10  # K / (N - 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+    assert beta == pytest.approx(0.475)
+    want = [
+        -(beta * log_sigmoid(0.3) + log_sigmoid(0.5) + log_sigmoid(-1.2) + 0.0) / 4,
+        -(beta * log_sigmoid(-1.1) + log_sigmoid(0.0) + log_sigmoid(-2.0) + log_sigmoid(3.0)) / 4,
+    ]
+    torch.testing.assert_close(gbce_loss(pos, neg, num_items, t), torch.tensor(want), rtol=0, atol=1e-6)
+    # t = 0: plain binary cross-entropy over the positive and the K negatives, averaged
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    logits = torch.cat([pos[1:], neg[1]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    torch.testing.assert_close(gbce_loss(pos[1:], neg[1:], num_items, 0.0)[0], bce)
+
+
+# ------------------------------------------------------------------------------------ sampler
+
+
+def test_sampler_draws_follow_their_logq_terms():
+    counts = np.zeros(V, dtype=np.int64)
+    counts[FIRST_ITEM_ID:] = np.arange(N) % 5  # every fifth item never seen: never drawn by popularity
+    gen = torch.Generator().manual_seed(0)
+    for kind, k in (("uniform", 9), ("popularity", 9), ("mixed", 10)):
+        sampler = NegativeSampler(V, k, kind, counts, mixed_share=0.3)
+        draws = [sampler.sample(gen) for _ in range(4000)]
+        ids = torch.stack([d[0] for d in draws])  # (D, K)
+        assert ids.min() >= FIRST_ITEM_ID and ids.max() < V
+        # every draw's logQ term is its id's log expected count
+        logq = torch.stack([d[1] for d in draws])
+        assert torch.equal(logq, sampler.log_expected[ids - FIRST_ITEM_ID])
+        # empirical counts per batch match exp(log expected count)
+        seen = torch.bincount(ids.flatten() - FIRST_ITEM_ID, minlength=N).double() / len(draws)  # (N,)
+        want = sampler.log_expected.double().exp()
+        torch.testing.assert_close(seen, want, rtol=0, atol=0.06)
+        assert want.sum().item() == pytest.approx(k)
+        if kind == "popularity":
+            assert (seen[counts[FIRST_ITEM_ID:] == 0] == 0).all()
+    mixed = NegativeSampler(V, 10, "mixed", counts, mixed_share=0.3)
+    assert (mixed.num_popular, mixed.num_uniform) == (3, 7)
+    with pytest.raises(ValueError, match="needs item_counts"):
+        NegativeSampler(V, 4, "popularity")
+    with pytest.raises(ValueError, match="item_counts must be"):
+        NegativeSampler(V, 4, "popularity", counts[:-1])
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        NegativeSampler(V, 4, "in_batch", counts)
+
+
+def test_collate_shares_one_negative_set_per_batch_and_config_is_validated():
+    rec = RecConfig(max_len=9, loss="sampled_softmax", negatives="mixed", num_negatives=5)
+    windows = training_windows(seqs([4, 9, 6]), rec)
+    counts = count_items(seqs([4, 9, 6]), V)
+    collate = make_collate(rec, V, item_counts=counts)
+    batch = collate({"items": windows}, torch.Generator().manual_seed(3))
+    again = collate({"items": windows}, torch.Generator().manual_seed(3))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+    assert batch["negatives"].shape == batch["negative_log_expected"].shape == (len(windows), 5)
+    assert (batch["negatives"] == batch["negatives"][:1]).all()
+    with pytest.raises(ValueError, match="needs item_counts"):
+        make_collate(dataclasses.replace(rec, negatives="popularity"), V)
+    with pytest.raises(ValueError, match="'uniform' for loss='gbce'"):
+        RecConfig(loss="gbce", negatives="popularity")
+    with pytest.raises(ValueError, match="RecConfig.negatives"):
+        RecConfig(negatives="hard")
+    with pytest.raises(ValueError, match="mixed_share"):
+        RecConfig(mixed_share=1.0)
+    model, _ = small_model(loss="sampled_softmax")
+    bad = dict(batch, negatives=batch["negatives"].clone())
+    bad["negatives"][1, 0] += 1
+    with pytest.raises(ValueError, match="repeat one"):
+        model(bad)
+
+
+class ShapeLog(TorchDispatchMode):
+    """Records the shape of every tensor an aten op returns (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+def test_sampled_losses_never_build_catalogue_logits(loss):
+    big = 2 + 3001
+    model, rec = small_model("next_item", loss, vocab_size=big, hidden=6)
+    batch = make_collate(rec, big)({"items": training_windows(seqs([9, 7], vocab_size=big), rec)}, torch.Generator())
+    M = int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def widest(m):
+        with ShapeLog() as log:
+            m(batch).loss.backward()
+        # a tensor with the catalogue as its last dimension and more than one row is (M, V)-like; the
+        # embedding's gradient is (V, H)
+        return [s for s in log.shapes if len(s) >= 2 and s[-1] == big and s[0] > 1]
+
+    assert widest(model) == []
+    model.rec_config = dataclasses.replace(rec, loss="ce")  # the reference does build them: the check bites
+    assert (M, big) in widest(model)
+
+
+# ------------------------------------------------------------------------------------- top-K
+
+
+def dense_topk(queries, weights, bias, k, exclude):
+    """The reference: the whole (B, V) matrix, excluded ids at -inf, stable sort (lower id first on ties)."""
+    scores = queries @ weights.T + bias  # (B, V)
+    for b, ids in enumerate(exclude):
+        ids = torch.as_tensor(ids)
+        ids = ids[(ids >= 0) & (ids < len(weights))]
+        scores[b, ids] = float("-inf")
+    top = scores.sort(dim=1, descending=True, stable=True)
+    values, ids = top.values[:, :k], top.indices[:, :k]
+    return values, ids.masked_fill(torch.isneginf(values), -1)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10, 103, 1000])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_chunked_topk_equals_dense_topk_ties_included(chunk, k):
+    gen = torch.Generator().manual_seed(chunk * 31 + k)
+    B, nv, H = 7, 103, 5
+    # small integers: exact scores with many ties, so the tie rule decides most rows
+    queries = torch.randint(-1, 2, (B, H), generator=gen).float()
+    weights = torch.randint(-2, 3, (nv, H), generator=gen).float()
+    bias = torch.randint(0, 2, (nv,), generator=gen).float()
+    exclude = [torch.randperm(nv, generator=gen)[: int(n)] for n in (0, 3, 50, 97, nv, 20, 1)]
+    exclude[5] = torch.tensor([-4, 0, 102, 103, 500])  # ids outside [0, V) are ignored
+    with ShapeLog() as log:
+        got = topk_over_catalogue(queries, weights, bias, k, exclude, chunk=chunk)
+    want = dense_topk(queries, weights, bias, k, exclude)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    assert (got[1][4] == -1).all() and (got[1][3, 6:] == -1).all()  # rows with < k allowed ids are padded
+    # never more than one chunk of scores, the (B, 2k) merge, or the excluded ids at once
+    allowed = max(B * min(chunk, nv), B * 2 * k, sum(len(e) for e in exclude))
+    assert max(math.prod(s) for s in log.shapes) <= allowed
+
+
+def test_topk_histories_equals_dense_ranking_with_seen_items_excluded():
+    model, rec = small_model("next_item")
+    hist = seqs([3, 8, 1, 28])
+    scores, ids = topk_histories(model, hist, k=6, exclude_seen=True, batch_size=3, chunk=4)
+    dense = score_histories(model.eval(), hist)  # (U, V)
+    for row, h in enumerate(hist):
+        dense[row, torch.from_numpy(h)] = float("-inf")
+    top = dense.sort(dim=1, descending=True, stable=True)
+    want_ids = top.indices[:, :6].masked_fill(torch.isneginf(top.values[:, :6]), -1)
+    assert torch.equal(ids, want_ids)
+    torch.testing.assert_close(scores, top.values[:, :6], rtol=0, atol=1e-5)
+    assert (ids[3, 1:] == -1).all() and ids[3, 0] >= FIRST_ITEM_ID  # 28 of 29 items seen: one left
+    assert not set(ids[0].tolist()) & set(hist[0].tolist())
