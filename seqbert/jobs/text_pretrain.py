@@ -48,9 +48,9 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if self.source not in ("wikitext", "folder"):
-            raise ValueError(f"data.source must be 'wikitext' or 'folder', got {self.source!r}")
+            raise ValueError(f"source must be 'wikitext' or 'folder', got {self.source!r}")
         if self.max_documents is not None and self.max_documents < 2:
-            raise ValueError(f"data.max_documents must be >= 2, got {self.max_documents}")
+            raise ValueError(f"max_documents must be >= 2, got {self.max_documents}")
 
 
 @dataclass(frozen=True)

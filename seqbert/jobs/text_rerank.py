@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +65,25 @@ class BeirDataConfig:
 
     def __post_init__(self) -> None:
         if self.max_queries is not None and self.max_queries < 1:
-            raise ValueError(f"data.max_queries must be >= 1, got {self.max_queries}")
+            raise ValueError(f"max_queries must be >= 1, got {self.max_queries}")
 
 
 def _positive(cfg, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)!r}")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to n inside the block (None: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load(cfg: BeirDataConfig, data_dir: str | None) -> tuple[BeirData, list[str]]:
@@ -127,9 +141,12 @@ def hard_negative_rows(data: BeirData, qids: list[str], depth: int, stem: bool) 
 
 
 def run_rerank(cfg: RerankJob, out: Path, data_dir: str | None = None) -> dict:
+    with torch_threads(cfg.threads):
+        return _run_rerank(cfg, out, data_dir)
+
+
+def _run_rerank(cfg: RerankJob, out: Path, data_dir: str | None) -> dict:
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     data, qids = _load(cfg.data, data_dir)
     rows = hard_negative_rows(data, qids, cfg.negatives_depth, cfg.bm25_stem)
     query_texts = [data.queries[q] for q in qids]
@@ -275,9 +292,12 @@ def _stage(report: dict, name: str) -> dict:
 
 
 def run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None = None) -> dict:
+    with torch_threads(cfg.threads):
+        return _run_pipeline(cfg, out, data_dir)
+
+
+def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict:
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     data, qids = _load(cfg.data, data_dir)
     rel_ids, rel_grades = judgements(data, qids)
     pipe = PipelineConfig(ks=(10, 100), batch_size=cfg.batch_size, latency_queries=cfg.latency_queries,
