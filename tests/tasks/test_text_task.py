@@ -23,11 +23,12 @@ from seqbert.tasks.text import (
     evaluate_pretraining,
     init_classifier,
     load_backbone,
+    TextModel,
     load_text_model,
     minilm_dir,
     predict,
     pretraining_collate,
-    save_text_model,
+    save_pretrained,
     trim_batch,
     word_tags,
 )
@@ -121,8 +122,9 @@ def test_saved_run_predicts_from_the_cli(tmp_path, tokenizer, capsys):
     torch.manual_seed(0)
     model = build_classifier("pair", _tiny_config(tokenizer.get_vocab_size()), 2)
     task = TextTask("pair", ("no", "yes"), 32)
-    save_text_model(tmp_path, model, tokenizer, task)
-    loaded, loaded_tok, loaded_task = load_text_model(tmp_path)
+    save_pretrained(tmp_path / "model", model, tokenizer, task)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.json", "model.safetensors", "tokenizer.json"]
+    loaded, loaded_tok, loaded_task = load_text_model(tmp_path)  # a run directory: its model/
     assert loaded_task == task
     batch = encode_texts(tokenizer, ["a b"], ["c"], 32)
     torch.testing.assert_close(loaded(batch).logits, model.eval()(batch).logits)
