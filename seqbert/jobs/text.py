@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from seqbert.data.glue import CONLL_TAGS, read_conll, read_mrpc, read_sst2
-from seqbert.jobs import Job
-from seqbert.jobs import text_pretrain, text_rerank
+from seqbert.jobs import Job, text_pretrain, text_rerank
 from seqbert.jobs.text_io import data_path, write_metrics
 from seqbert.tasks.text import MODEL_DIR, TextModel
 from seqbert.training.loop import TrainConfig

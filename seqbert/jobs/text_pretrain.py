@@ -66,7 +66,9 @@ class TokenizerConfig:
         if self.kind == "file" and not self.path:
             raise ValueError("tokenizer.path is required when tokenizer.kind is 'file'")
         if self.vocab_size < 10 or self.min_frequency < 1:
-            raise ValueError(f"need vocab_size >= 10, min_frequency >= 1; got {self.vocab_size}, {self.min_frequency}")
+            raise ValueError(
+                f"need vocab_size >= 10, min_frequency >= 1; got {self.vocab_size}, {self.min_frequency}"
+            )
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,13 @@ class D2LLoss(nn.Module):
         nsp_logits = m.nsp(m.pooler(hidden))  # (B, 2)
         nsp = F.cross_entropy(nsp_logits, batch["next_sentence_label"])
         return D2LOutput(
-            logits[: len(targets)], targets, nsp_logits, d2l_mlm + nsp, d2l_mlm, nsp, ce[: len(targets)].mean()
+            logits[: len(targets)],
+            targets,
+            nsp_logits,
+            d2l_mlm + nsp,
+            d2l_mlm,
+            nsp,
+            ce[: len(targets)].mean(),
         )
 
 

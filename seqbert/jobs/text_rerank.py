@@ -137,7 +137,11 @@ def hard_negative_rows(data: BeirData, qids: list[str], depth: int, stem: bool) 
             negatives.append(pool)
     if not query:
         raise ValueError("no judged (query, relevant document) pair to train on")
-    return {"query": torch.tensor(query), "positive": torch.tensor(positive), "negatives": torch.tensor(negatives)}
+    return {
+        "query": torch.tensor(query),
+        "positive": torch.tensor(positive),
+        "negatives": torch.tensor(negatives),
+    }
 
 
 def run_rerank(cfg: RerankJob, out: Path, data_dir: str | None = None) -> dict:
@@ -154,8 +158,14 @@ def _run_rerank(cfg: RerankJob, out: Path, data_dir: str | None) -> dict:
     torch.manual_seed(cfg.seed)
     classifier, tokenizer, fresh = load_cross_encoder(cfg.init_dir)
     if cfg.freeze_layers > classifier.config.num_layers:
-        raise ValueError(f"freeze_layers={cfg.freeze_layers} exceeds the model's {classifier.config.num_layers}")
-    for module in [classifier.bert.embeddings, *classifier.bert.layers[: cfg.freeze_layers]] if cfg.freeze_layers else []:
+        raise ValueError(
+            f"freeze_layers={cfg.freeze_layers} exceeds the model's {classifier.config.num_layers}"
+        )
+    for module in (
+        [classifier.bert.embeddings, *classifier.bert.layers[: cfg.freeze_layers]]
+        if cfg.freeze_layers
+        else []
+    ):
         module.requires_grad_(False)
     model = CrossEncoder(classifier, cfg.loss)
 
@@ -227,7 +237,9 @@ def fingerprint(directory: str | Path) -> str:
     raise FileNotFoundError(f"{directory}: expected model.safetensors or pytorch_model.bin")
 
 
-def corpus_embeddings(cfg: TextPipelineJob, encoder_dir: str, model, tokenizer, texts: list[str]) -> np.ndarray:
+def corpus_embeddings(
+    cfg: TextPipelineJob, encoder_dir: str, model, tokenizer, texts: list[str]
+) -> np.ndarray:
     """(N, H) document embeddings, read from / written to `cache_dir` when one is set."""
     path = None
     if cfg.cache_dir is not None:
@@ -248,13 +260,17 @@ def first_stages(cfg: TextPipelineJob, data: BeirData) -> dict:
     encoder_dir = cfg.encoder_dir or str(minilm_dir())
     model, tokenizer = load_encoder(encoder_dir)
     xb = corpus_embeddings(cfg, encoder_dir, model, tokenizer, data.doc_texts)
-    index = build_index(xb, IndexConfig("Flat", "ip"))  # exact: a BEIR corpus of 5k x 384 needs no approximation
+    index = build_index(
+        xb, IndexConfig("Flat", "ip")
+    )  # exact: a BEIR corpus of 5k x 384 needs no approximation
 
     def bm25_raw(qids) -> np.ndarray:
         return bm25.search([text[q] for q in qids], cfg.depth)  # (B, depth)
 
     def dense_raw(qids) -> np.ndarray:
-        xq = encode(model, tokenizer, [text[q] for q in qids], "mean", True, cfg.embed_batch_size, cfg.embed_max_len)
+        xq = encode(
+            model, tokenizer, [text[q] for q in qids], "mean", True, cfg.embed_batch_size, cfg.embed_max_len
+        )
         return search(index, xq, cfg.depth)[1]  # (B, depth)
 
     def hybrid_raw(qids) -> np.ndarray:

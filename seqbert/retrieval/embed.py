@@ -69,7 +69,10 @@ def encode(
     out = torch.empty(len(texts), model.config.hidden_size)  # (N, H)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in encode_texts(tokenizer, [texts[i] for i in rows], None, max_len).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in encode_texts(tokenizer, [texts[i] for i in rows], None, max_len).items()
+        }
         hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, L, H)
         e = pool(hidden.float(), batch["attention_mask"], pooling)  # (B, H)
         if normalize:

@@ -188,7 +188,9 @@ def init_classifier(model: nn.Module, weights, init_dir: str | Path | None) -> l
     return [k for k in target if k not in usable]
 
 
-def save_pretrained(directory: str | Path, model: nn.Module, tokenizer: Tokenizer, task: TextTask | None) -> Path:
+def save_pretrained(
+    directory: str | Path, model: nn.Module, tokenizer: Tokenizer, task: TextTask | None
+) -> Path:
     """One directory = one model: `model.safetensors`, `model.json` ({"bert": BertConfig, "task": TextTask,
     absent for a pretraining model}) and `tokenizer.json`, each written atomically. Returns the directory."""
     directory = Path(directory)
@@ -395,7 +397,9 @@ class TextModel:
         """
         if labels is None:
             if directory is None:
-                raise ValueError("from_pretrained without labels loads a fine-tuned model: give its directory")
+                raise ValueError(
+                    "from_pretrained without labels loads a fine-tuned model: give its directory"
+                )
             return cls(*load_text_model(directory))
         if init is None:
             seqbert_model = directory is not None and (saved_model_dir(directory) / "model.json").exists()
@@ -433,7 +437,9 @@ class TextModel:
         if with_labels:
             bad = sorted({y for y in data.labels if not 0 <= y < len(self.task.labels)})
             if bad:
-                raise ValueError(f"labels {bad} are outside 0..{len(self.task.labels) - 1} {self.task.labels}")
+                raise ValueError(
+                    f"labels {bad} are outside 0..{len(self.task.labels) - 1} {self.task.labels}"
+                )
             tensors["labels"] = torch.tensor(data.labels, dtype=torch.long)
         return tensors
 

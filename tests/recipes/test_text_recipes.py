@@ -105,7 +105,9 @@ def _run(path: str, out: Path, data_dir: Path, **overrides) -> dict:
 # Pinned losses are regression checks of each recipe under its seed; they moved once, on purpose, when
 # dropout masks came to be drawn from 16-bit random integers (seqbert.model.dropout), a different stream.
 def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +167,9 @@ def test_pretrain_text_folder_with_a_loaded_vocab(tmp_path, data_dir):
 
 @pytest.mark.parametrize("dataset", ["sst2", "mrpc"])
 def test_finetune_classify_from_hf(tmp_path, data_dir, hf_dir, dataset):
-    results = _run(f"finetune_{dataset}.yaml", tmp_path, data_dir, batch_size=16, **{"model.init_dir": str(hf_dir)})
+    results = _run(
+        f"finetune_{dataset}.yaml", tmp_path, data_dir, batch_size=16, **{"model.init_dir": str(hf_dir)}
+    )
     assert results["steps"] == 6 and 0 <= results["eval_accuracy"] <= 1 and "eval_f1" in results
     assert results["fresh_parameters"] == 2  # the classifier's weight and bias; pooler came from the file
     pinned = {"sst2": [0.67478, 0.70191, 0.71891], "mrpc": [0.68391, 0.71318, 0.68021]}[dataset]
@@ -216,7 +220,10 @@ def test_finetune_ner_from_hf(tmp_path, data_dir, hf_dir):
         (["--set", "data.dataset=imdb"], "yaml.data: dataset must be one of"),
         (["--set", "batch_size=-1"], "batch_size must be >= 1, got -1"),
         (["--set", "model.nope=1"], "unknown key(s) ['nope']"),
-        (["--data-dir", "/nonexistent/seqbert-data"], "data directory /nonexistent/seqbert-data does not exist"),
+        (
+            ["--data-dir", "/nonexistent/seqbert-data"],
+            "data directory /nonexistent/seqbert-data does not exist",
+        ),
         (["--set", "data.train_file=missing.tsv"], "missing.tsv: file not found"),
     ],
 )

@@ -79,7 +79,9 @@ def test_rrf_scores_order_equals_rrf_of_a_reranking():
 def test_drop_self_hits_is_beirs_rule(tmp_path):
     data_dir, _, _ = tiny_world(tmp_path)
     data = load_beir(data_dir / "scifact", "test")  # queries q0..q3; docs d0..d29
-    data = type(data)(["q1", *data.doc_ids[1:]], data.doc_texts, data.queries, {**data.qrels, "q1": {"d1": 1}})
+    data = type(data)(
+        ["q1", *data.doc_ids[1:]], data.doc_texts, data.queries, {**data.qrels, "q1": {"d1": 1}}
+    )
     ranked = np.array([[0, 1, 2], [0, 1, 2]])
     assert drop_self_hits(ranked, ["q0", "q1"], data).tolist() == [[0, 1, 2], [1, 2, -1]]
 
@@ -112,9 +114,13 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     # fusing a list with a permutation of it keeps the same candidate set
     assert stages["rerank_seqbert@hybrid5+rrf"]["recall@100"] == stages["hybrid"]["recall@100"]
     assert len(list((tmp_path / "cache").glob("corpus_*.npy"))) == 1
-    again = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))  # cached corpus
+    again = run_job(
+        RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir)
+    )  # cached corpus
     assert again["stages"]["rerank_seqbert@hybrid5"]["ndcg@10"] == stages["rerank_seqbert@hybrid5"]["ndcg@10"]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["best_pipeline"] == again["best_pipeline"]
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["best_pipeline"] == again["best_pipeline"]
+    )
 
 
 # group of 3 with a fresh-ish tiny model starts near ln 3 = 1.0986; measured with torch 2.13.0 CPU, a change
