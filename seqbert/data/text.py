@@ -6,6 +6,8 @@ with segment ids 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`. Special tokens are [
 [MASK]; a trained vocabulary puts them first (ids 0..4), a loaded one keeps its own ids (bert-base-uncased:
 0, 100, 101, 102, 103), so callers always ask `special_ids(tokenizer)`.
 
+This is the one tokeniser stack: text tasks, embeddings (`seqbert.retrieval.embed`) and cross-encoders
+(`seqbert.tasks.rerank`) all load with `load_tokenizer` and encode with `encode_texts` / `encode_words`.
 Encoded data is returned as tensors padded to the longest row (not to max_len); the batch collators trim
 each batch to its own longest row again (dynamic padding). Shape legend: N rows, L length.
 """
