@@ -10,7 +10,7 @@ offline-evaluation setting), the fastest of `--repeats` calls; both sides use th
 
     nice python benchmarks/bench_retrieval.py --data lowrank     # headline "ann_1m"
     nice python benchmarks/bench_retrieval.py --data isotropic   # the hard case, "ann_1m_isotropic"
-    nice python benchmarks/bench_retrieval.py --skip-ann --scifact runs/scifact/results.json
+    nice python benchmarks/bench_retrieval.py --skip-ann --scifact runs/scifact/metrics.json
     options: [--sizes 3416,100000,1000000] [--queries 1000] [--out benchmarks/results/retrieval.json]
 
 The JSON is merged into `--out` (other keys, e.g. "ml1m_two_stage", are kept).
@@ -139,7 +139,7 @@ def best_ann(row: dict, min_recall: float = 0.95) -> dict:
 
 
 def scifact_summary(path: Path) -> dict:
-    """The headline SciFact numbers from recipes/scifact_pipeline.py's results.json; a reranker's figure is
+    """The headline SciFact numbers from a text_pipeline run's metrics.json; a reranker's figure is
     its best first stage (the stage name says which)."""
     report = json.loads(path.read_text())
     stages = report["stages"]
@@ -186,7 +186,9 @@ def main() -> None:
         "--skip-hnsw-above", type=int, default=None, help="no HNSW above this size (build time)"
     )
     parser.add_argument(
-        "--scifact", default=None, help="results.json of recipes/scifact_pipeline.py to merge"
+        "--scifact",
+        default=None,
+        help="metrics.json of `seqbert train recipes/scifact_pipeline.yaml` to merge",
     )
     parser.add_argument("--skip-ann", action="store_true", help="only merge --scifact")
     parser.add_argument("--out", default="benchmarks/results/retrieval.json")

@@ -11,16 +11,15 @@ batches; implementations alternate round by round and the median round is report
              default: logits at every position) vs HF's best (`hf.bert` -> gather masked rows -> `hf.cls`).
   finetune   all-MiniLM-L6-v2 sequence classification training steps on SST-2 (batch 32, length <= 64).
 
-Accuracy runs call the recipes with the YAML configs in recipes/ (overrides listed per NAME below, plus
-`--set key=value`); each result, its wall-clock seconds and the command go into
-benchmarks/results/text.json (merged, so runs can be made one at a time in the background). `record NAME
-RUN_DIR --produced-by ...` merges a run made directly with a recipe.
+Accuracy runs are `seqbert train` runs (`seqbert.jobs.run_job`) of the YAML configs in recipes/ (overrides
+listed per NAME below, plus `--set key=value`) into runs/bench_text/NAME; each result, its wall-clock
+seconds and the command go into benchmarks/results/text.json (merged, so runs can be made one at a time in
+the background). `record NAME RUN_DIR --produced-by ...` merges a run made directly with `seqbert train`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -37,13 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "text.json"
 RUNS = ROOT / "runs" / "bench_text"
 
-# name -> (recipe, config file, overrides, which result keys to report)
+# name -> (config file in recipes/, `--set` overrides)
 ACCURACY = {
-    "d2l": ("text_pretrain", "text_pretrain_wikitext2.yaml", [], None),
+    "d2l": ("text_pretrain_wikitext2.yaml", []),
     # the D2L model, data and batch with a trainable learning rate: Adam at 0.01 without warm-up leaves
     # this post-LN encoder at the unigram solution (MLM ~7, NSP at chance), as in D2L's own run
     "d2l_lr1e-3": (
-        "text_pretrain",
         "text_pretrain_wikitext2.yaml",
         [
             "train.lr=0.001",
@@ -52,19 +50,15 @@ ACCURACY = {
             "train.log_every=50",
             "train.max_seconds=1000",
         ],
-        None,
     ),  # fmt: skip
     # the same run trained and reported with D2L's PyTorch loss formula (padded slots included)
-    "d2l_pytorch_formula": ("text_pretrain", "text_pretrain_wikitext2.yaml", ["mlm_loss=d2l_pytorch"], None),
+    "d2l_pytorch_formula": ("text_pretrain_wikitext2.yaml", ["mlm_loss=d2l_pytorch"]),
     # NSP after longer training in the D2L setting (D2L's own run stays at chance, ~0.76 at 50 steps)
     "d2l_long": (
-        "text_pretrain",
         "text_pretrain_wikitext2.yaml",
         ["train.max_steps=400", "train.log_every=50", "train.max_seconds=900"],
-        None,
     ),
     "pretrain_small": (
-        "text_pretrain",
         "text_pretrain_wikitext2_wordpiece.yaml",
         [
             "model.hidden_size=128",
@@ -80,84 +74,64 @@ ACCURACY = {
             "train.checkpoint_every=0",
             "train.max_seconds=840",
         ],
-        None,
-    ),
-    "sst2_minilm": ("finetune_classify", "finetune_sst2.yaml", [], None),
-    "mrpc_minilm": ("finetune_classify", "finetune_mrpc.yaml", [], None),
-    "conll2003_minilm": ("finetune_ner", "finetune_conll2003.yaml", [], None),
+    ),  # fmt: skip
+    "sst2_minilm": ("finetune_sst2.yaml", []),
+    "mrpc_minilm": ("finetune_mrpc.yaml", []),
+    "conll2003_minilm": ("finetune_conll2003.yaml", []),
     "sst2_pretrained": (
-        "finetune_classify",
         "finetune_sst2.yaml",
         [
-            "init=seqbert",
-            f"init_dir={RUNS / 'pretrain_small'}",
+            "model.init=seqbert",
+            f"model.init_dir={RUNS / 'pretrain_small'}",
             "train.lr=0.0002",
             "train.max_steps=3000",
             "train.warmup_steps=300",
         ],
-        None,
-    ),
+    ),  # fmt: skip
     "sst2_scratch": (
-        "finetune_classify",
         "finetune_sst2.yaml",
         [
-            "init=scratch",
-            f"init_dir={RUNS / 'pretrain_small'}",
+            "model.init=scratch",
+            f"model.init_dir={RUNS / 'pretrain_small'}",
             "train.lr=0.0002",
             "train.max_steps=3000",
             "train.warmup_steps=300",
         ],
-        None,
-    ),
+    ),  # fmt: skip
 }
 
 
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _merge(update: dict) -> dict:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data.update(update)
-    data["machine"] = (
+    from seqbert.training.checkpoint import merge_json
+
+    machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    for key, value in {**update, "machine": machine}.items():
+        merge_json(RESULTS, key, value)
+    return update
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
 
 
 def run_accuracy(name: str, data_dir: str | None, extra: list[str], command: str) -> dict:
-    """Run NAME's recipe (config file + NAME's overrides + `extra`), then record its results."""
-    from seqbert.config import load_config
+    """`seqbert train` NAME's config (+ NAME's overrides + `extra`) into a fresh run directory; record it."""
+    from seqbert.jobs import run_job
 
-    recipe_name, config_file, overrides, _ = ACCURACY[name]
-    recipe = _recipe(recipe_name)
+    config_file, overrides = ACCURACY[name]
     if (RUNS / name).exists():  # a fresh run: the training loop would otherwise resume the old one
         shutil.rmtree(RUNS / name)
-    config_cls = {
-        "text_pretrain": "PretrainConfig",
-        "finetune_classify": "FinetuneConfig",
-        "finetune_ner": "NerConfig",
-    }
-    items = [f"run_dir={RUNS / name}", "train.progress=false", *overrides, *extra]
-    if data_dir:
-        items.append(f"data_dir={data_dir}")
-    cfg = load_config(getattr(recipe, config_cls[recipe_name]), ROOT / "recipes" / config_file, items)
-    results = recipe.main(cfg)
-    recipe_cmd = f"python recipes/{recipe_name}.py --config recipes/{config_file} " + " ".join(items)
-    return record(name, results, f"{command}  # = {recipe_cmd}")
+    items = ["train.progress=false", *overrides, *extra]
+    results = run_job(ROOT / "recipes" / config_file, RUNS / name, items, data_dir)
+    train_cmd = f"seqbert train recipes/{config_file} --out {RUNS / name} " + " ".join(
+        f"--set {i}" for i in items
+    )
+    return record(name, results, f"{command}  # = {train_cmd}")
 
 
 def record(name: str, results: dict, command: str) -> dict:
-    """Merge one recipe's results.json into benchmarks/results/text.json under NAME."""
+    """Merge one run's metrics.json into benchmarks/results/text.json under NAME."""
     entry = {
         "seconds": results["seconds"],
         "train_seconds": results["train_seconds"],
@@ -384,8 +358,8 @@ def main() -> None:
     a = commands.add_parser("accuracy")
     a.add_argument("names", nargs="+", choices=sorted(ACCURACY))
     a.add_argument("--data-dir", default=None, help="default: $SEQBERT_DATA_DIR")
-    a.add_argument("--set", action="append", default=[], help="extra recipe override key=value (repeatable)")
-    r = commands.add_parser("record", help="merge an existing run's results.json under NAME")
+    a.add_argument("--set", action="append", default=[], help="extra config override key=value (repeatable)")
+    r = commands.add_parser("record", help="merge an existing run's metrics.json under NAME")
     r.add_argument("name")
     r.add_argument("run_dir", type=Path)
     r.add_argument("--produced-by", required=True, help="the command that produced the run")
@@ -394,7 +368,7 @@ def main() -> None:
     if args.command == "throughput":
         print(json.dumps(run_throughput(args.seconds, args.rounds, args.threads, command), indent=2))
     elif args.command == "record":
-        results = json.loads((args.run_dir / "results.json").read_text())
+        results = json.loads((args.run_dir / "metrics.json").read_text())
         print(json.dumps(record(args.name, results, args.produced_by), indent=2))
     else:
         for name in args.names:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 # CoNLL-2003 NER tags in IOB2 (Tjong Kim Sang & De Meulder 2003); the index is the class id
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
@@ -36,6 +38,14 @@ class ClassificationData:
             self.texts[:n], None if self.pairs is None else self.pairs[:n], self.labels[:n]
         )
 
+    def sample(self, n: int | None, seed: int) -> ClassificationData:
+        """A seeded random subset of n examples in file order (None or n >= len: all)."""
+        keep = _sample_rows(len(self.texts), n, seed)
+        if keep is None:
+            return self
+        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+        return ClassificationData(pick(self.texts), pick(self.pairs), pick(self.labels))
+
 
 @dataclass(frozen=True)
 class TaggingData:
@@ -52,6 +62,22 @@ class TaggingData:
         if n is None or n >= len(self.words):
             return self
         return TaggingData(self.words[:n], self.tags[:n])
+
+    def sample(self, n: int | None, seed: int) -> TaggingData:
+        """A seeded random subset of n sentences in file order (None or n >= len: all)."""
+        keep = _sample_rows(len(self.words), n, seed)
+        if keep is None:
+            return self
+        return TaggingData([self.words[i] for i in keep], [self.tags[i] for i in keep])
+
+
+def _sample_rows(size: int, n: int | None, seed: int) -> list[int] | None:
+    """Sorted indices of a seeded random n of `size` rows (torch's generator, as the training loop's)."""
+    if n is None or n >= size:
+        return None
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    return sorted(torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].tolist())
 
 
 def _lines(path: Path, encoding: str = "utf-8") -> list[str]:

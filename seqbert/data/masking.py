@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from seqbert.model.heads import IGNORE_INDEX
+# label value that contributes nothing to any loss (PyTorch cross_entropy's default); defined here, in the
+# data layer that writes labels, so `data` never imports `model` (the heads import it from here)
+IGNORE_INDEX = -100
 
 
 def mask_tokens(

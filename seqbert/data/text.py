@@ -6,6 +6,8 @@ with segment ids 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`. Special tokens are [
 [MASK]; a trained vocabulary puts them first (ids 0..4), a loaded one keeps its own ids (bert-base-uncased:
 0, 100, 101, 102, 103), so callers always ask `special_ids(tokenizer)`.
 
+This is the one tokeniser stack: text tasks, embeddings (`seqbert.retrieval.embed`) and cross-encoders
+(`seqbert.tasks.rerank`) all load with `load_tokenizer` and encode with `encode_texts` / `encode_words`.
 Encoded data is returned as tensors padded to the longest row (not to max_len); the batch collators trim
 each batch to its own longest row again (dynamic padding). Shape legend: N rows, L length.
 """
@@ -15,14 +17,15 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from seqbert.model.heads import IGNORE_INDEX
+from seqbert.data.masking import IGNORE_INDEX
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -130,14 +133,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tokenizer
 
 
-def _truncating(tokenizer: Tokenizer, max_len: int) -> Tokenizer:
-    """A copy that truncates to max_len (longest-first for pairs), so the caller's tokenizer is untouched."""
+@contextmanager
+def _truncating(tokenizer: Tokenizer, max_len: int) -> Iterator[Tokenizer]:
+    """The tokenizer truncating to max_len (longest-first for pairs, the HF default) inside the block; its
+    own setting is restored afterwards, so the caller's tokenizer is left as it was. (Setting and
+    restoring is cheap; copying a 30k-word tokenizer per batch is not.)"""
     if max_len < 3:
         raise ValueError(f"max_len must be >= 3 to hold [CLS] and [SEP], got {max_len}")
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_padding()
-    copy.enable_truncation(max_len, strategy="longest_first")
-    return copy
+    saved_truncation, saved_padding = tokenizer.truncation, tokenizer.padding
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_len, strategy="longest_first")
+    try:
+        yield tokenizer
+    finally:
+        if saved_truncation is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(**saved_truncation)
+        if saved_padding is not None:
+            tokenizer.enable_padding(**saved_padding)
 
 
 def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -155,8 +169,8 @@ def encode_texts(
     """`[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` rows -> input_ids, token_type_ids, attention_mask (N, L)."""
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"texts and pairs differ in length: {len(texts)} vs {len(pairs)}")
-    tok = _truncating(tokenizer, max_len)
-    encodings = tok.encode_batch(list(texts) if pairs is None else list(zip(texts, pairs)))
+    with _truncating(tokenizer, max_len) as tok:
+        encodings = tok.encode_batch(list(texts) if pairs is None else list(zip(texts, pairs)))
     pad = special_ids(tokenizer).pad
     return {
         "input_ids": pad_rows([e.ids for e in encodings], pad),
@@ -176,8 +190,8 @@ def encode_words(
     """
     if tags is not None and len(tags) != len(words):
         raise ValueError(f"words and tags differ in length: {len(words)} vs {len(tags)}")
-    tok = _truncating(tokenizer, max_len)
-    encodings = tok.encode_batch([list(w) for w in words], is_pretokenized=True)
+    with _truncating(tokenizer, max_len) as tok:
+        encodings = tok.encode_batch([list(w) for w in words], is_pretokenized=True)
     labels, word_index = [], []
     for n, enc in enumerate(encodings):
         row_labels, row_index, previous = [], [], None

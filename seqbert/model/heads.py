@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqbert.data.masking import IGNORE_INDEX
 from seqbert.model.bert import Bert, BertConfig, init_weights
 from seqbert.model.dropout import Dropout
-
-IGNORE_INDEX = -100  # label value that contributes nothing to any loss (PyTorch cross_entropy default)
 
 
 class MLMHead(nn.Module):

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class BeirData:
@@ -83,3 +85,28 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirData:
         raise ValueError(f"{directory}/qrels/{split}.tsv: corpus ids not in corpus.jsonl: {unknown_d[:5]}")
     queries = {q: all_queries[q] for q in qrels}
     return BeirData(doc_ids=doc_ids, doc_texts=doc_texts, queries=queries, qrels=qrels)
+
+
+def judgements(data: BeirData, qids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The judged corpus rows (Q, R) of each query, -1 padded, and their relevance grades (Q, R): the
+    `rel_ids` / `rel_grades` of `seqbert.evaluation.metrics.evaluate_ranked` and `seqbert.pipeline`."""
+    row_of = {d: i for i, d in enumerate(data.doc_ids)}
+    R = max(len(data.qrels[q]) for q in qids)
+    rel_ids = np.full((len(qids), R), -1, dtype=np.int64)
+    rel_grades = np.zeros((len(qids), R))
+    for r, q in enumerate(qids):
+        for j, (d, g) in enumerate(data.qrels[q].items()):
+            rel_ids[r, j], rel_grades[r, j] = row_of[d], g
+    return rel_ids, rel_grades
+
+
+def drop_self_hits(ranked: np.ndarray, qids: list[str], data: BeirData) -> np.ndarray:
+    """BEIR's evaluation rule: a retrieved document whose id equals the query's id is not counted. Such
+    hits leave each row (Q, K); the rest move up and the row ends in -1 padding."""
+    row_of = {d: i for i, d in enumerate(data.doc_ids)}
+    out = np.asarray(ranked, dtype=np.int64).copy()
+    for r, q in enumerate(qids):
+        if q in row_of and (out[r] == row_of[q]).any():
+            keep = out[r][out[r] != row_of[q]]
+            out[r] = np.concatenate([keep, np.full(len(out[r]) - len(keep), -1)])
+    return out

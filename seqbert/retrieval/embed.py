@@ -2,8 +2,9 @@
 
 `encode` reproduces sentence-transformers' `Transformer -> Pooling -> Normalize` stack (Reimers &
 Gurevych 2019) on seqbert's `Bert`, so a sentence-transformers checkpoint such as all-MiniLM-L6-v2 gives
-the same vectors (tests/retrieval/test_embed.py checks 1e-5 parity). Tokenisation uses the `tokenizers`
-library on the checkpoint's `tokenizer.json` (the file the HF "fast" tokenizer wraps).
+the same vectors (tests/retrieval/test_embed.py checks 1e-5 parity). Tokenisation is `seqbert.data.text`'s
+(the one tokeniser stack): the checkpoint's `tokenizer.json` (the file the HF "fast" tokenizer wraps),
+truncated longest-first at `max_len` and padded to the batch's longest row.
 Shape legend: N texts, B batch, L length, H hidden.
 """
 
@@ -16,56 +17,15 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from seqbert.data.text import encode_texts, load_tokenizer
 from seqbert.model.bert import Bert
 from seqbert.model.hf import load_hf_model
-
-
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """The checkpoint's `tokenizer.json`, with its own padding/truncation settings switched off."""
-    path = Path(directory) / "tokenizer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: expected a `tokenizers` tokenizer.json next to the weights")
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.no_padding()  # we pad per batch ourselves (to the longest row, like the HF tokenizer)
-    tokenizer.no_truncation()
-    return tokenizer
 
 
 def load_encoder(directory: str | Path) -> tuple[Bert, Tokenizer]:
     """A HF BERT / sentence-transformers directory -> (Bert core in eval mode, tokenizer)."""
     model, _ = load_hf_model(directory)
     return model.eval(), load_tokenizer(directory)
-
-
-def tokenize(
-    tokenizer: Tokenizer, texts: Sequence[str] | Sequence[tuple[str, str]], max_len: int
-) -> dict[str, torch.Tensor]:
-    """Texts (or (query, passage) pairs) -> padded `input_ids`, `attention_mask`, `token_type_ids` (B, L).
-
-    Truncation is `longest_first` at `max_len` tokens including [CLS]/[SEP], the HF tokenizer default,
-    so pairs shorten the longer side first. The tokenizer's own truncation setting is restored afterwards.
-    """
-    if max_len < 4:
-        raise ValueError(f"max_len must be >= 4 (room for [CLS], [SEP] and text), got {max_len}")
-    saved = tokenizer.truncation
-    tokenizer.enable_truncation(max_len, strategy="longest_first")
-    try:
-        encodings = tokenizer.encode_batch(list(texts))
-    finally:
-        if saved is None:
-            tokenizer.no_truncation()
-        else:
-            tokenizer.enable_truncation(**saved)
-    L = max(len(e.ids) for e in encodings)
-    input_ids = torch.zeros(len(encodings), L, dtype=torch.long)  # pad id 0 = [PAD] in BERT vocabularies
-    attention_mask = torch.zeros(len(encodings), L, dtype=torch.long)
-    token_type_ids = torch.zeros(len(encodings), L, dtype=torch.long)
-    for row, e in enumerate(encodings):
-        n = len(e.ids)
-        input_ids[row, :n] = torch.tensor(e.ids)
-        attention_mask[row, :n] = 1
-        token_type_ids[row, :n] = torch.tensor(e.type_ids)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -109,7 +69,10 @@ def encode(
     out = torch.empty(len(texts), model.config.hidden_size)  # (N, H)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in tokenize(tokenizer, [texts[i] for i in rows], max_len).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in encode_texts(tokenizer, [texts[i] for i in rows], None, max_len).items()
+        }
         hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, L, H)
         e = pool(hidden.float(), batch["attention_mask"], pooling)  # (B, H)
         if normalize:

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from seqbert.data.text import encode_texts, load_tokenizer
 from seqbert.model.heads import BertForSequenceClassification
 from seqbert.model.hf import config_from_hf, load_hf_model
-from seqbert.retrieval.embed import load_tokenizer, tokenize
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -110,7 +110,7 @@ def rerank(
     scores = np.empty(len(passages), dtype=np.float32)
     for start in range(0, len(passages), batch_size):
         rows = order[start : start + batch_size]
-        batch = tokenize(tokenizer, [(query, passages[i]) for i in rows], max_len)
+        batch = encode_texts(tokenizer, [query] * len(rows), [passages[i] for i in rows], max_len)
         logits = model({k: v.to(device) for k, v in batch.items()}).logits  # (b, 1)
         scores[rows] = logits[:, 0].float().cpu().numpy()
     model.train(was_training)
@@ -133,7 +133,7 @@ def group_collate(
 
     def collate(raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         B, G = raw["query"].shape[0], group_size
-        pairs = []
+        queries, passages = [], []
         for b in range(B):
             pool = raw["negatives"][b]
             pool = pool[pool >= 0]  # (P',)
@@ -143,8 +143,9 @@ def group_collate(
                 )
             picked = pool[torch.randperm(len(pool), generator=generator)[: G - 1]]
             q = query_texts[int(raw["query"][b])]
-            pairs += [(q, doc_texts[int(d)]) for d in [raw["positive"][b], *picked]]
-        enc = tokenize(tokenizer, pairs, max_len)  # (B*G, L)
+            queries += [q] * G
+            passages += [doc_texts[int(d)] for d in [raw["positive"][b], *picked]]
+        enc = encode_texts(tokenizer, queries, passages, max_len)  # (B*G, L)
         batch = {k: v.reshape(B, G, -1) for k, v in enc.items()}  # (B, G, L)
         labels = torch.zeros(B, G)
         labels[:, 0] = 1.0

@@ -6,8 +6,9 @@ ways to initialise a fine-tuned encoder (random, a seqbert pretraining run, Hugg
 evaluation callbacks for `seqbert.training.loop.train`, saving/loading a fine-tuned run, prediction on new
 text, and the `seqbert text predict` command. Shape legend: N rows, B batch, L length, C classes.
 
-A run directory holds `tokenizer.json` and `model/` (`model.safetensors` + `model.json` with the BertConfig
-under "bert" and, for fine-tuned models, the task under "task").
+A saved model is one directory (`save_pretrained`, `TextModel.from_pretrained`): `model.safetensors`,
+`model.json` (the BertConfig under "bert" and, for fine-tuned models, the task under "task") and
+`tokenizer.json`; a `seqbert train` run keeps its final model in `RUN_DIR/model/`.
 """
 
 from __future__ import annotations
@@ -26,17 +27,21 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from seqbert.data.glue import ClassificationData, TaggingData
 from seqbert.data.masking import mask_tokens, special_token_mask
 from seqbert.data.text import SpecialIds, encode_texts, encode_words, load_tokenizer
 from seqbert.evaluation.ner import entity_scores
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForSequenceClassification, BertForTokenClassification
 from seqbert.model.hf import config_from_hf, load_hf_model
-from seqbert.training.checkpoint import load_model_state, read_model_file, save_model
+from seqbert.training.checkpoint import atomic_file, load_model_state, save_model
+from seqbert.training.data import TensorBatchSource
+from seqbert.training.loop import TrainConfig, TrainResult, train
 
 Batch = dict[str, torch.Tensor]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 KINDS = ("sequence", "pair", "token")
+MODEL_DIR = "model"  # where a run directory keeps its final model
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ def load_backbone(init: str, init_dir: str | Path | None, dropout: float | None 
     """(BertConfig, tokenizer, weights or None) for `init`:
 
     "scratch": architecture and tokenizer from `init_dir` (a seqbert run or a HF directory), random weights;
-    "seqbert": all three from a seqbert pretraining run directory (`tokenizer.json` + `model/`);
+    "seqbert": all three from a seqbert model directory (`save_pretrained`) or the run holding it in `model/`;
     "hf":      all three from a Hugging Face BERT directory (None: the bundled all-MiniLM-L6-v2).
     """
     if init not in ("scratch", "seqbert", "hf"):
@@ -160,8 +165,7 @@ def load_backbone(init: str, init_dir: str | Path | None, dropout: float | None 
         if "bert" not in meta:
             raise ValueError(f"{model_dir}/model.json has no 'bert' config; not a seqbert text run")
         config = BertConfig(**meta["bert"])
-        # `init_dir` may be the run or its model/ directory; the tokenizer sits in the run directory
-        tokenizer = load_tokenizer(model_dir.parent / "tokenizer.json")
+        tokenizer = _saved_tokenizer(model_dir)
         weights = state if init == "seqbert" else None
     if dropout is not None:
         config = dataclasses.replace(config, dropout=dropout, attention_dropout=dropout)
@@ -184,32 +188,47 @@ def init_classifier(model: nn.Module, weights, init_dir: str | Path | None) -> l
     return [k for k in target if k not in usable]
 
 
-def save_text_model(
-    run_dir: str | Path, model: nn.Module, tokenizer: Tokenizer, task: TextTask | None
+def save_pretrained(
+    directory: str | Path, model: nn.Module, tokenizer: Tokenizer, task: TextTask | None
 ) -> Path:
-    """Write `run_dir/tokenizer.json` and `run_dir/model/` so that `load_text_model(run_dir)` rebuilds it."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(run_dir / "tokenizer.json"))
+    """One directory = one model: `model.safetensors`, `model.json` ({"bert": BertConfig, "task": TextTask,
+    absent for a pretraining model}) and `tokenizer.json`, each written atomically. Returns the directory."""
+    directory = Path(directory)
     meta = {"bert": dataclasses.asdict(model.config)}
     if task is not None:
         meta["task"] = dataclasses.asdict(task)
-    return save_model(run_dir / "model", model, meta)
+    save_model(directory, model, meta)
+    with atomic_file(directory / "tokenizer.json") as tmp:
+        tokenizer.save(str(tmp))
+    return directory
 
 
-def load_text_model(run_dir: str | Path) -> tuple[nn.Module, Tokenizer, TextTask]:
-    """A fine-tuned run directory -> (model in eval mode, tokenizer, task)."""
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "model" / "model.json"
+def saved_model_dir(path: str | Path) -> Path:
+    """A saved text model's directory: `path` itself, or `path/model/` when `path` is a run directory."""
+    path = Path(path)
+    return path / MODEL_DIR if (path / MODEL_DIR / "model.json").exists() else path
+
+
+def load_text_model(path: str | Path) -> tuple[nn.Module, Tokenizer, TextTask]:
+    """A fine-tuned model directory (or the run directory holding it in `model/`) -> (model in eval mode,
+    tokenizer, task)."""
+    directory = saved_model_dir(path)
+    meta_path = directory / "model.json"
     if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: not a seqbert text run directory (expected model/model.json)")
-    meta = json.loads(meta_path.read_text())
-    if "task" not in meta:
-        raise ValueError(f"{meta_path}: no 'task' entry; this is a pretraining run, not a fine-tuned one")
+        raise FileNotFoundError(f"{path}: not a seqbert text model (expected model.json or model/model.json)")
+    state, meta = load_model_state(directory)
+    if "task" not in meta or "bert" not in meta:
+        raise ValueError(f"{meta_path}: no 'task' entry; a pretraining model, not a fine-tuned one")
     task = TextTask(meta["task"]["kind"], tuple(meta["task"]["labels"]), meta["task"]["max_len"])
     model = build_classifier(task.kind, BertConfig(**meta["bert"]), len(task.labels))
-    model.load_state_dict(read_model_file(run_dir / "model" / "model.safetensors"))
-    return model.eval(), load_tokenizer(run_dir / "tokenizer.json"), task
+    model.load_state_dict(state)
+    return model.eval(), _saved_tokenizer(directory), task
+
+
+def _saved_tokenizer(model_dir: Path) -> Tokenizer:
+    # runs made before models were self-contained keep tokenizer.json in the run directory, one level up
+    inside = model_dir / "tokenizer.json"
+    return load_tokenizer(inside if inside.exists() else model_dir.parent / "tokenizer.json")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -335,12 +354,138 @@ def predict(
     return out
 
 
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@dataclass(eq=False)
+class TextModel:
+    """A text classifier or tagger with its tokenizer and task: load, fine-tune, evaluate, predict, save.
+
+        clf = TextModel.from_pretrained(minilm_dir(), labels=("negative", "positive"), max_len=64)
+        clf.fit(read_sst2("sst2/train.tsv"), TrainConfig(max_steps=500, lr=5e-5), out="runs/sst2")
+        clf.evaluate(read_sst2("sst2/dev.tsv"))       # {"accuracy": ..., "f1": ...}
+        clf.save_pretrained("runs/sst2/model")        # TextModel.from_pretrained(...) loads it back
+
+    Data are `seqbert.data.glue` objects: `ClassificationData` (texts, optional pairs, int labels indexing
+    `task.labels`) for kinds "sequence"/"pair", `TaggingData` (words, tag strings) for kind "token".
+    `fresh`: the parameters not loaded from the checkpoint (a new head), empty for a fine-tuned model.
+    """
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    task: TextTask
+    fresh: list[str] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path | None = None,
+        labels: tuple[str, ...] | list[str] | None = None,
+        kind: str = "sequence",
+        max_len: int | None = None,
+        *,
+        init: str | None = None,
+        dropout: float | None = None,
+    ) -> TextModel:
+        """Without `labels`: the fine-tuned model saved in `directory` (or in `directory/model/`).
+
+        With `labels`: a new `kind` model ("sequence", "pair" or "token") with a fresh head on the encoder
+        from `directory`: a seqbert model or run directory, a Hugging Face BERT directory, or None for the
+        bundled all-MiniLM-L6-v2. `init` forces the source ("seqbert" or "hf"; default: detected) or
+        "scratch" (architecture and tokenizer only, random weights). `max_len` defaults to
+        min(128, the encoder's). The head's initial weights come from torch's global RNG (seed it first).
+        """
+        if labels is None:
+            if directory is None:
+                raise ValueError(
+                    "from_pretrained without labels loads a fine-tuned model: give its directory"
+                )
+            return cls(*load_text_model(directory))
+        if init is None:
+            seqbert_model = directory is not None and (saved_model_dir(directory) / "model.json").exists()
+            init = "seqbert" if seqbert_model else "hf"
+        config, tokenizer, weights = load_backbone(init, directory, dropout)
+        max_len = max_len if max_len is not None else min(128, config.max_len)
+        if max_len > config.max_len:
+            raise ValueError(f"max_len={max_len} exceeds the encoder's max_len={config.max_len}")
+        task = TextTask(kind, tuple(labels), max_len)
+        model = build_classifier(kind, config, len(task.labels))
+        fresh = init_classifier(model, weights, directory)
+        return cls(model, tokenizer, task, fresh)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_pretrained(directory, self.model, self.tokenizer, self.task)
+
+    def encode(self, data: ClassificationData | TaggingData, with_labels: bool = True) -> Batch:
+        """Data -> model rows (N, L) (+ `labels`); token tasks also keep `word_index` (N, L)."""
+        if self.task.kind == "token":
+            if not isinstance(data, TaggingData):
+                raise TypeError(f"a token model needs TaggingData, got {type(data).__name__}")
+            tags = None
+            if with_labels:
+                tag_id = {t: i for i, t in enumerate(self.task.labels)}
+                unknown = sorted({t for s in data.tags for t in s} - set(tag_id))
+                if unknown:
+                    raise ValueError(f"tags {unknown} are not among the model's tags {self.task.labels}")
+                tags = [[tag_id[t] for t in s] for s in data.tags]
+            return encode_words(self.tokenizer, data.words, tags, self.task.max_len)
+        if not isinstance(data, ClassificationData):
+            raise TypeError(f"a {self.task.kind} model needs ClassificationData, got {type(data).__name__}")
+        if (data.pairs is not None) != (self.task.kind == "pair"):
+            raise ValueError(f"a {self.task.kind} model got {'pairs' if data.pairs else 'single texts'}")
+        tensors = encode_texts(self.tokenizer, data.texts, data.pairs, self.task.max_len)
+        if with_labels:
+            bad = sorted({y for y in data.labels if not 0 <= y < len(self.task.labels)})
+            if bad:
+                raise ValueError(
+                    f"labels {bad} are outside 0..{len(self.task.labels) - 1} {self.task.labels}"
+                )
+            tensors["labels"] = torch.tensor(data.labels, dtype=torch.long)
+        return tensors
+
+    def evaluator(
+        self, data: ClassificationData | TaggingData, batch_size: int = 128
+    ) -> Callable[[nn.Module], dict[str, float]]:
+        """evaluate(model) on `data`: accuracy (+ F1 for two classes), or entity-level P/R/F1 for tags."""
+        if self.task.kind == "token":
+            return evaluate_tagging(self.encode(data, False), data.tags, self.task.labels, batch_size)
+        return evaluate_classification(self.encode(data), batch_size)
+
+    def fit(
+        self,
+        data: ClassificationData | TaggingData,
+        config: TrainConfig,
+        out: str | Path,
+        *,
+        eval_data: ClassificationData | TaggingData | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        seed: int = 0,
+    ) -> TrainResult:
+        """Fine-tune with `seqbert.training.train` (checkpoints and metrics.jsonl under `out`; a second call
+        on the same `out` resumes); evaluated on `eval_data` every `config.eval_every` steps and at the end."""
+        tensors = self.encode(data)
+        tensors.pop("word_index", None)  # alignment is for evaluation; training rows carry labels only
+        source = TensorBatchSource(tensors, batch_size, seed, collate=classification_collate)
+        evaluate = self.evaluator(eval_data, eval_batch_size) if eval_data is not None else None
+        return train(self.model, source, config, out, evaluate)
+
+    @torch.no_grad()
+    def evaluate(self, data: ClassificationData | TaggingData, batch_size: int = 128) -> dict[str, float]:
+        self.model.eval()
+        return self.evaluator(data, batch_size)(self.model)
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        return predict(self.model, self.tokenizer, self.task, texts, pairs)
+
+
 def add_text_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """`seqbert text predict RUN_DIR --text ... [--pair ...]` (training runs through recipes/)."""
+    """`seqbert text predict RUN_DIR --text ... [--pair ...]` (training: `seqbert train`, jobs classify and
+    token_classify)."""
     text = subparsers.add_parser("text", help="text models: predictions from a fine-tuned run")
     commands = text.add_subparsers(dest="text_command", required=True)
     p = commands.add_parser("predict", help="classify or tag new text with a fine-tuned run directory")
-    p.add_argument("run_dir", type=Path, help="a fine-tuning run directory (tokenizer.json + model/)")
+    p.add_argument("run_dir", type=Path, help="a fine-tuning run directory, or the model directory in it")
     p.add_argument("--text", action="append", required=True, help="input text; repeat for several")
     p.add_argument("--pair", action="append", help="second sentence for pair tasks, one per --text")
     p.set_defaults(func=run_predict)
@@ -348,7 +493,6 @@ def add_text_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Print one JSON line per --text."""
-    model, tokenizer, task = load_text_model(args.run_dir)
-    for row in predict(model, tokenizer, task, args.text, args.pair):
+    for row in TextModel.from_pretrained(args.run_dir).predict(args.text, args.pair):
         sys.stdout.write(json.dumps(row) + "\n")
     return 0

@@ -1,32 +1,25 @@
-"""Each text recipe runs end to end on a tiny config and data written to a temp dir, with a pinned loss."""
+"""Each text recipe (a YAML config) runs end to end through `seqbert.jobs.run_job` on tiny overrides and data
+written to a temp dir, with a pinned loss; expected errors are one line and exit code 2 from the CLI."""
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from seqbert.config import load_config
+from seqbert.cli import main as cli
 from seqbert.data.text import load_tokenizer
+from seqbert.jobs import run_job
+from seqbert.jobs.text_pretrain import D2LLoss
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForPreTraining
 from seqbert.model.hf import save_hf_model
-from seqbert.tasks.text import load_text_model, minilm_dir, predict
+from seqbert.tasks.text import TextModel, minilm_dir
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 WORDS = "the a cat dog bird sat ran flew on over under mat log house red big small good bad movie".split()
 TINY_TRAIN = dict(max_steps=6, lr=0.003, warmup_steps=1, precision="fp32", log_every=2, progress=False)
-
-
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sentence(rng: random.Random) -> str:
@@ -102,33 +95,25 @@ def hf_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def _config(recipe, path: str, run_dir: Path, data_dir: Path, **overrides):
-    items = [f"run_dir={run_dir}", f"data_dir={data_dir}"]
-    items += [f"train.{k}={json.dumps(v)}" for k, v in TINY_TRAIN.items()]
+def _run(path: str, out: Path, data_dir: Path, **overrides) -> dict:
+    """`seqbert train recipes/PATH --out OUT --data-dir DATA --set ...` with the tiny training settings."""
+    items = [f"train.{k}={json.dumps(v)}" for k, v in TINY_TRAIN.items()]
     items += [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    return load_config(
-        recipe.FinetuneConfig
-        if hasattr(recipe, "FinetuneConfig")
-        else recipe.NerConfig
-        if hasattr(recipe, "NerConfig")
-        else recipe.PretrainConfig,
-        RECIPES / path,
-        items,
-    )
+    return run_job(RECIPES / path, out, items, str(data_dir))
 
 
 # Pinned losses are regression checks of each recipe under its seed; they moved once, on purpose, when
 # dropout masks came to be drawn from 16-bit random integers (seqbert.model.dropout), a different stream.
 def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, data_dir) -> tuple[Path, dict]:
-    recipe = _recipe("text_pretrain")
     run_dir = tmp_path_factory.mktemp("pretrain")
-    cfg = _config(
-        recipe,
+    results = _run(
         "text_pretrain_wikitext2.yaml",
         run_dir,
         data_dir,
@@ -142,29 +127,29 @@ def pretrained(tmp_path_factory, data_dir) -> tuple[Path, dict]:
             "max_len": 32,
         },
     )
-    return run_dir, recipe.main(cfg)
+    return run_dir, results
 
 
 def test_pretrain_wikitext_d2l_config(pretrained):
     run_dir, results = pretrained
     assert results["steps"] == 6 and results["vocab_size"] == len(WORDS) + 5 + 1  # words, specials, "."
-    assert (run_dir / "tokenizer.json").exists() and (run_dir / "model" / "model.safetensors").exists()
+    model_dir = run_dir / "model"
+    assert (model_dir / "tokenizer.json").exists() and (model_dir / "model.safetensors").exists()
     assert set(results["eval"]) == {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"}
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(results))
     assert _losses(run_dir) == pytest.approx([3.96368, 3.96526, 3.94394], abs=1e-4)
 
 
 def test_pretrain_text_folder_with_a_loaded_vocab(tmp_path, data_dir):
-    recipe = _recipe("text_pretrain")
-    cfg = _config(
-        recipe,
+    results = _run(
         "text_pretrain_wikitext2_wordpiece.yaml",
         tmp_path,
         data_dir,
         batch_size=8,
         eval_pairs=0,
         **{
-            "corpus.source": "folder",
-            "corpus.path": "folder",
+            "data.source": "folder",
+            "data.path": "folder",
             "tokenizer.kind": "file",
             "tokenizer.path": str(minilm_dir() / "vocab.txt"),
             "model.hidden_size": 16,
@@ -176,40 +161,35 @@ def test_pretrain_text_folder_with_a_loaded_vocab(tmp_path, data_dir):
             "train.max_seconds": None,
         },
     )
-    results = recipe.main(cfg)
     assert results["steps"] == 6 and results["eval"] == {} and results["vocab_size"] == 30522
     assert _losses(tmp_path) == pytest.approx([10.94531, 10.86900, 10.81288], abs=1e-4)
 
 
 @pytest.mark.parametrize("dataset", ["sst2", "mrpc"])
 def test_finetune_classify_from_hf(tmp_path, data_dir, hf_dir, dataset):
-    recipe = _recipe("finetune_classify")
-    cfg = _config(recipe, f"finetune_{dataset}.yaml", tmp_path, data_dir, init_dir=str(hf_dir), batch_size=16)
-    results = recipe.main(cfg)
+    results = _run(
+        f"finetune_{dataset}.yaml", tmp_path, data_dir, batch_size=16, **{"model.init_dir": str(hf_dir)}
+    )
     assert results["steps"] == 6 and 0 <= results["eval_accuracy"] <= 1 and "eval_f1" in results
     assert results["fresh_parameters"] == 2  # the classifier's weight and bias; pooler came from the file
     pinned = {"sst2": [0.67478, 0.70191, 0.71891], "mrpc": [0.68391, 0.71318, 0.68021]}[dataset]
     assert _losses(tmp_path) == pytest.approx(pinned, abs=1e-4)
-    model, tokenizer, task = load_text_model(tmp_path)
-    out = predict(model, tokenizer, task, ["the cat sat"], ["the dog ran"] if dataset == "mrpc" else None)
-    assert out[0]["label"] in task.labels and sum(out[0]["scores"].values()) == pytest.approx(1.0)
+    clf = TextModel.from_pretrained(tmp_path)  # the run directory holds its model in model/
+    out = clf.predict(["the cat sat"], ["the dog ran"] if dataset == "mrpc" else None)
+    assert out[0]["label"] in clf.task.labels and sum(out[0]["scores"].values()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("init", ["seqbert", "scratch"])
 def test_finetune_sst2_from_pretraining_run(tmp_path, data_dir, pretrained, init):
-    recipe = _recipe("finetune_classify")
     run_dir, _ = pretrained
-    cfg = _config(
-        recipe,
+    results = _run(
         "finetune_sst2.yaml",
         tmp_path,
         data_dir,
-        init=init,
-        init_dir=str(run_dir),
         batch_size=16,
         max_len=32,
+        **{"model.init": init, "model.init_dir": str(run_dir)},
     )
-    results = recipe.main(cfg)
     # from the run: all but the classifier's weight and bias; from scratch: all 33 tensors (5 embedding,
     # 2 layers x 12, pooler 2, classifier 2)
     assert results["fresh_parameters"] == {"seqbert": 2, "scratch": 33}[init]
@@ -219,23 +199,41 @@ def test_finetune_sst2_from_pretraining_run(tmp_path, data_dir, pretrained, init
 
 
 def test_finetune_ner_from_hf(tmp_path, data_dir, hf_dir):
-    recipe = _recipe("finetune_ner")
-    cfg = _config(
-        recipe,
+    results = _run(
         "finetune_conll2003.yaml",
         tmp_path,
         data_dir,
-        init_dir=str(hf_dir),
         batch_size=16,
-        dev_file="conll2003/valid.txt",
-        **{"train.eval_every": 3},
+        **{"model.init_dir": str(hf_dir), "data.dev_file": "conll2003/valid.txt", "train.eval_every": 3},
     )
-    results = recipe.main(cfg)
     assert results["test_sentences"] == 16 and 0 <= results["test_f1"] <= 1 and "dev_f1" in results
     assert _losses(tmp_path) == pytest.approx([2.11817, 2.05495, 2.01960, 1.92154], abs=1e-4)
-    model, tokenizer, task = load_text_model(tmp_path)
-    out = predict(model, tokenizer, task, ["Ann Smith sat on the mat"])
+    tagger = TextModel.from_pretrained(tmp_path / "model")
+    out = tagger.predict(["Ann Smith sat on the mat"])
     assert out[0]["words"] == ["Ann", "Smith", "sat", "on", "the", "mat"] and len(out[0]["tags"]) == 6
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "train.lr=abc"], "train.lr: expected float, got 'abc'"),
+        (["--set", "data.dataset=imdb"], "yaml.data: dataset must be one of"),
+        (["--set", "batch_size=-1"], "batch_size must be >= 1, got -1"),
+        (["--set", "model.nope=1"], "unknown key(s) ['nope']"),
+        (
+            ["--data-dir", "/nonexistent/seqbert-data"],
+            "data directory /nonexistent/seqbert-data does not exist",
+        ),
+        (["--set", "data.train_file=missing.tsv"], "missing.tsv: file not found"),
+    ],
+)
+def test_bad_config_or_data_is_one_line_and_exit_2(tmp_path, data_dir, capsys, extra, message):
+    argv = ["train", str(RECIPES / "finetune_sst2.yaml"), "--out", str(tmp_path / "run")]
+    if "--data-dir" not in extra:
+        argv += ["--data-dir", str(data_dir)]
+    assert cli(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("seqbert train: error:") and message in err, err
 
 
 def test_d2l_pytorch_loss_is_the_mean_over_padded_slots():
@@ -246,7 +244,6 @@ def test_d2l_pytorch_loss_is_the_mean_over_padded_slots():
     from seqbert.model.bert import BertConfig
     from seqbert.model.heads import IGNORE_INDEX, BertForPreTraining
 
-    recipe = _recipe("text_pretrain")
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig(vocab_size=31, hidden_size=8, num_layers=1, num_heads=2,
                                           intermediate_size=16, max_len=12)).eval()  # fmt: skip
@@ -257,7 +254,7 @@ def test_d2l_pytorch_loss_is_the_mean_over_padded_slots():
     labels[2, 9] = ids[2, 9]  # 1 real, 2 padded
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "next_sentence_label": torch.tensor([0, 1, 0])}  # fmt: skip
-    out = recipe.D2LLoss(model, slots=3, unk_id=1)(batch)
+    out = D2LLoss(model, slots=3, unk_id=1)(batch)
     ref = model(batch)
     torch.testing.assert_close(out.masked_mlm_loss, ref.mlm_loss)
     torch.testing.assert_close(out.nsp_loss, ref.nsp_loss)
@@ -265,5 +262,5 @@ def test_d2l_pytorch_loss_is_the_mean_over_padded_slots():
     unk_at_cls = F.cross_entropy(model.mlm(hidden[:, 0]), torch.ones(3, dtype=torch.long), reduction="none")
     expect = (ref.mlm_loss * 6 + 1 * unk_at_cls[0] + 2 * unk_at_cls[2]) / 9
     torch.testing.assert_close(out.mlm_loss, expect)
-    full = recipe.D2LLoss(model, slots=1, unk_id=1)  # no row has a padded slot (counts >= 1)
+    full = D2LLoss(model, slots=1, unk_id=1)  # no row has a padded slot (counts >= 1)
     torch.testing.assert_close(full(batch).mlm_loss * 3, ref.mlm_loss * 6)  # sum / (B * slots), no padding

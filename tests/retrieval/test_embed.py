@@ -7,8 +7,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from seqbert.data.text import encode_texts
 from seqbert.model.bert import Bert, BertConfig
-from seqbert.retrieval.embed import encode, load_encoder, pool, tokenize
+from seqbert.retrieval.embed import encode, load_encoder, pool
 
 WORDS = "the a cat dog sat on mat ran far and quickly slowly red blue".split()
 
@@ -25,6 +26,11 @@ def tiny_tokenizer() -> Tokenizer:
     )
     tok.decoder = decoders.WordPiece()
     return tok
+
+
+def tokenize(tok, query_passage: list[tuple[str, str]], max_len: int) -> dict[str, torch.Tensor]:
+    """(query, passage) pairs through the one tokeniser stack, `seqbert.data.text.encode_texts`."""
+    return encode_texts(tok, [q for q, _ in query_passage], [p for _, p in query_passage], max_len)
 
 
 def tiny_bert() -> Bert:

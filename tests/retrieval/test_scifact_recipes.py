@@ -1,9 +1,8 @@
-"""SciFact recipes end to end on a tiny BEIR set and tiny models: fine-tune, then every pipeline stage."""
+"""SciFact recipes (jobs rerank and text_pipeline) end to end through `seqbert.jobs.run_job` on a tiny BEIR
+set and tiny models: fine-tune, then every pipeline stage; plus RRF against hand computation."""
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,15 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from seqbert.config import load_config
+from seqbert.jobs import run_job
 from seqbert.model.bert import Bert, BertConfig
 from seqbert.model.heads import BertForSequenceClassification
 from seqbert.model.hf import save_hf_model
+from seqbert.pipeline import order_by_scores
+from seqbert.retrieval.beir import drop_self_hits, load_beir
+from seqbert.retrieval.fusion import rrf, rrf_scores
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-pipeline, finetune = load_recipe("scifact_pipeline"), load_recipe("scifact_finetune")
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 WORDS = [f"w{i}" for i in range(40)]
 
 
@@ -71,44 +62,65 @@ def tiny_world(root: Path) -> tuple[Path, Path, Path]:
 
 
 def test_rrf_matches_hand_computation():
-    fused = pipeline.rrf([np.array([[1, 2, 3]]), np.array([[3, 1, 4]])], k=60, depth=4)
+    fused = rrf([np.array([[1, 2, 3]]), np.array([[3, 1, 4]])], k=60, depth=4)
     # 1: 1/61 + 1/62, 3: 1/63 + 1/61, 2: 1/62, 4: 1/63
     assert fused.tolist() == [[1, 3, 2, 4]]
+    assert rrf([np.array([[5, -1]]), np.array([[-1, 5]])], k=60, depth=3).tolist() == [[5, -1, -1]]
+
+
+def test_rrf_scores_order_equals_rrf_of_a_reranking():
+    rng = np.random.default_rng(0)
+    first = np.stack([rng.permutation(20) for _ in range(5)])  # (5, 20)
+    second = np.stack([rng.permutation(row) for row in first])  # the same candidates, reordered
+    ordered = order_by_scores(first, rrf_scores(first, second, k=60))
+    assert ordered.tolist() == rrf([first, second], k=60, depth=20).tolist()
+
+
+def test_drop_self_hits_is_beirs_rule(tmp_path):
+    data_dir, _, _ = tiny_world(tmp_path)
+    data = load_beir(data_dir / "scifact", "test")  # queries q0..q3; docs d0..d29
+    data = type(data)(
+        ["q1", *data.doc_ids[1:]], data.doc_texts, data.queries, {**data.qrels, "q1": {"d1": 1}}
+    )
+    ranked = np.array([[0, 1, 2], [0, 1, 2]])
+    assert drop_self_hits(ranked, ["q0", "q1"], data).tolist() == [[0, 1, 2], [1, 2, -1]]
 
 
 def test_finetune_then_pipeline_end_to_end(tmp_path):
     data_dir, encoder, reranker = tiny_world(tmp_path)
-    ft = load_config(
-        finetune.FinetuneRerankConfig,
-        None,
-        [f"run_dir={tmp_path / 'ft'}", f"init_dir={reranker}", f"data_dir={data_dir}", "negatives_depth=6",
-         "group_size=3", "max_len=32", "batch_size=4", "freeze_layers=1", "train.max_steps=3",
-         "train.log_every=1", "train.progress=false", "train.device=cpu", "train.precision=fp32"],
-    )  # fmt: skip
-    result = finetune.main(ft)
+    ft = ["negatives_depth=6", "group_size=3", "max_len=32", "batch_size=4", "freeze_layers=1",
+          f"init_dir={reranker}", "train.max_steps=3", "train.log_every=1", "train.progress=false",
+          "train.device=cpu", "train.precision=fp32", "threads=1", "train.lr=0.0001",
+          "train.warmup_steps=0", "train.checkpoint_every=0", "train.max_seconds=null"]  # fmt: skip
+    result = run_job(RECIPES / "scifact_finetune.yaml", tmp_path / "ft", ft, str(data_dir))
     assert result["steps"] == 3 and result["train_rows"] == 8
-    logged = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(x) for x in (tmp_path / "ft" / "train" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in logged if "loss" in x]
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), losses
-    overrides = [f"run_dir={tmp_path / 'run'}", f"data_dir={data_dir}", f"cache_dir={tmp_path / 'cache'}",
-                 f"encoder_dir={encoder}", f"reranker_dir={reranker}", f"finetuned_dir={result['hf_dir']}",
-                 "depth=20", "rerank_depth=5", "rerank_max_len=32", "embed_max_len=32"]  # fmt: skip
-    report = pipeline.main(load_config(pipeline.ScifactConfig, None, overrides))
+    overrides = [f"cache_dir={tmp_path / 'cache'}", f"encoder_dir={encoder}", f"reranker_dir={reranker}",
+                 f"finetuned_dir={result['hf_dir']}", "depth=20", "rerank_depth=5", "rerank_max_len=32",
+                 "embed_max_len=32", "rerank_sources=[hybrid]", "latency_queries=2", "threads=1"]  # fmt: skip
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))
     stages = report["stages"]
     reranked = {"rerank_msmarco@hybrid5", "rerank_seqbert@hybrid5"}
     assert set(stages) == {"bm25", "dense", "hybrid", *reranked, *(f"{r}+rrf" for r in reranked)}
     assert report["queries"] == 4
     for name, m in stages.items():
         assert 0 <= m["ndcg@10"] <= 1 and 0 <= m["recall@100"] <= 1, name
-        assert m["latency_pipeline"]["p50_ms"] >= m["latency_own"]["p50_ms"] >= 0
+        assert m["pipeline_latency"]["p50_ms"] >= m["latency"]["p50_ms"] >= 0
     assert stages["bm25"]["ndcg@10"] > 0.6  # each query is three words of its relevant doc (of 40 words)
     # reranking only reorders the top 5: the top-100 set, hence recall, is the first stage's
     assert stages["rerank_msmarco@hybrid5"]["recall@100"] == stages["hybrid"]["recall@100"]
     # fusing a list with a permutation of it keeps the same candidate set
     assert stages["rerank_seqbert@hybrid5+rrf"]["recall@100"] == stages["hybrid"]["recall@100"]
-    again = pipeline.main(load_config(pipeline.ScifactConfig, None, overrides))  # from the caches
+    assert len(list((tmp_path / "cache").glob("corpus_*.npy"))) == 1
+    again = run_job(
+        RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir)
+    )  # cached corpus
     assert again["stages"]["rerank_seqbert@hybrid5"]["ndcg@10"] == stages["rerank_seqbert@hybrid5"]["ndcg@10"]
-    assert len(list((tmp_path / "cache").glob("pairs_*.json"))) == 2
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["best_pipeline"] == again["best_pipeline"]
+    )
 
 
 # group of 3 with a fresh-ish tiny model starts near ln 3 = 1.0986; measured with torch 2.13.0 CPU, a change

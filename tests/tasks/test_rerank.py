@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from seqbert.data.text import encode_texts
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForSequenceClassification
-from seqbert.retrieval.embed import tokenize
 from seqbert.tasks.rerank import CrossEncoder, group_collate, load_cross_encoder, rerank
 
 transformers = pytest.importorskip("transformers")
@@ -37,6 +37,11 @@ def tiny_tokenizer() -> Tokenizer:
         special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
     return tok
+
+
+def tokenize(tok, query_passage: list[tuple[str, str]], max_len: int) -> dict[str, torch.Tensor]:
+    """(query, passage) pairs through the one tokeniser stack, `seqbert.data.text.encode_texts`."""
+    return encode_texts(tok, [q for q, _ in query_passage], [p for _, p in query_passage], max_len)
 
 
 def tiny_hf_reranker(directory: Path):

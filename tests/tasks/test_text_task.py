@@ -14,6 +14,7 @@ from seqbert.data.text import encode_texts, load_tokenizer, special_ids
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import IGNORE_INDEX, BertForPreTraining
 from seqbert.tasks.text import (
+    TextModel,
     TextTask,
     add_text_parsers,
     build_classifier,
@@ -27,7 +28,7 @@ from seqbert.tasks.text import (
     minilm_dir,
     predict,
     pretraining_collate,
-    save_text_model,
+    save_pretrained,
     trim_batch,
     word_tags,
 )
@@ -121,8 +122,13 @@ def test_saved_run_predicts_from_the_cli(tmp_path, tokenizer, capsys):
     torch.manual_seed(0)
     model = build_classifier("pair", _tiny_config(tokenizer.get_vocab_size()), 2)
     task = TextTask("pair", ("no", "yes"), 32)
-    save_text_model(tmp_path, model, tokenizer, task)
-    loaded, loaded_tok, loaded_task = load_text_model(tmp_path)
+    save_pretrained(tmp_path / "model", model, tokenizer, task)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "model.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    loaded, loaded_tok, loaded_task = load_text_model(tmp_path)  # a run directory: its model/
     assert loaded_task == task
     batch = encode_texts(tokenizer, ["a b"], ["c"], 32)
     torch.testing.assert_close(loaded(batch).logits, model.eval()(batch).logits)
@@ -147,3 +153,46 @@ def test_evaluate_classification_matches_manual_argmax(tokenizer):
         row = {k: v[i : i + 1, : int(enc["attention_mask"][i].sum())] for k, v in enc.items()}
         manual.append(int(model(row).logits.argmax()))
     assert evaluate_classification(tensors, batch_size=2)(model) == classification_scores(manual, [1, 0, 1])
+
+
+def test_text_model_round_trip_and_bad_inputs(tmp_path, tokenizer):
+    from seqbert.data.glue import ClassificationData, TaggingData
+    from seqbert.model.hf import save_hf_model
+
+    hf = tmp_path / "hf"
+    torch.manual_seed(0)
+    save_hf_model(BertForPreTraining(_tiny_config(tokenizer.get_vocab_size())), hf)
+    tokenizer.save(str(hf / "tokenizer.json"))
+    tagger = TextModel.from_pretrained(hf, labels=("O", "B-PER", "I-PER"), kind="token", max_len=16)
+    assert sorted(tagger.fresh) == ["classifier.bias", "classifier.weight"] and tagger.task.max_len == 16
+    tagger.save_pretrained(tmp_path / "tagger")
+    loaded = TextModel.from_pretrained(tmp_path / "tagger")
+    assert loaded.task == tagger.task and loaded.fresh == []
+    words = TaggingData([["ann", "sat"]], [["B-PER", "O"]])
+    torch.testing.assert_close(
+        loaded.model(loaded.encode(words, False)).logits,
+        tagger.model.eval()(tagger.encode(words, False)).logits,
+    )
+    assert loaded.predict(["ann sat"])[0]["words"] == ["ann", "sat"]
+    with pytest.raises(ValueError, match=r"tags \['B-LOC'\] are not among"):
+        tagger.encode(TaggingData([["paris"]], [["B-LOC"]]))
+    with pytest.raises(TypeError, match="TaggingData"):
+        tagger.encode(ClassificationData(["a"], None, [0]))
+    pair = TextModel.from_pretrained(hf, labels=("no", "yes"), kind="pair", max_len=16)
+    with pytest.raises(ValueError, match="a pair model got single texts"):
+        pair.encode(ClassificationData(["a"], None, [0]))
+    with pytest.raises(ValueError, match=r"labels \[2\] are outside"):
+        pair.encode(ClassificationData(["a"], ["b"], [2]))
+    with pytest.raises(ValueError, match="exceeds the encoder's max_len=32"):
+        TextModel.from_pretrained(hf, labels=("no", "yes"), max_len=33)
+    with pytest.raises(ValueError, match="give its directory"):
+        TextModel.from_pretrained()
+    with pytest.raises(ValueError, match="a pretraining model"):
+        TextModel.from_pretrained(_pretraining_model_dir(tmp_path, tokenizer))
+
+
+def _pretraining_model_dir(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    return save_pretrained(
+        tmp_path / "pre", BertForPreTraining(_tiny_config(tokenizer.get_vocab_size())), tokenizer, None
+    )

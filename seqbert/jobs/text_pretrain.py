@@ -1,28 +1,25 @@
-"""Recipe: pretrain a text BERT with masked LM + next-sentence prediction (Devlin et al. 2019).
+"""The `pretrain` job: a text BERT with masked LM + next-sentence prediction (Devlin et al. 2019).
+
+    seqbert train recipes/text_pretrain_wikitext2.yaml --out runs/d2l --data-dir DATA
 
 config -> corpus (WikiText-2 as D2L reads it, or a folder of text files) -> tokenizer (word-level vocabulary
 or WordPiece, trained here, or loaded) -> NSP sentence pairs -> BertForPreTraining -> train (dynamic 15 %
-masking per batch) -> held-out MLM/NSP evaluation -> save `run_dir/{tokenizer.json, model/, results.json}`.
-
-    python recipes/text_pretrain.py --config recipes/text_pretrain_wikitext2.yaml [key=value ...]
-
-The run directory can then initialise fine-tuning (`init: seqbert`, `init_dir: RUN_DIR`).
+masking per batch) -> held-out MLM/NSP evaluation -> `OUT/model/` (model + tokenizer.json) and
+`OUT/metrics.json`. The run directory initialises fine-tuning (`model: {init: seqbert, init_dir: OUT}`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqbert.config import config_to_dict, load_config
-from seqbert.data.sources import resolve_data_dir
+from seqbert.data.masking import IGNORE_INDEX
 from seqbert.data.text import (
     load_tokenizer,
     make_nsp_pairs,
@@ -33,9 +30,10 @@ from seqbert.data.text import (
     train_word_level,
     train_wordpiece,
 )
+from seqbert.jobs.text_io import data_path, write_metrics
 from seqbert.model.bert import BertConfig
-from seqbert.model.heads import IGNORE_INDEX, BertForPreTraining, PreTrainingOutput, gather_masked
-from seqbert.tasks.text import evaluate_pretraining, pretraining_collate, save_text_model
+from seqbert.model.heads import BertForPreTraining, PreTrainingOutput, gather_masked
+from seqbert.tasks.text import MODEL_DIR, evaluate_pretraining, pretraining_collate, save_pretrained
 from seqbert.training.data import TensorBatchSource
 from seqbert.training.loop import TrainConfig, train
 
@@ -50,7 +48,9 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if self.source not in ("wikitext", "folder"):
-            raise ValueError(f"corpus.source must be 'wikitext' or 'folder', got {self.source!r}")
+            raise ValueError(f"source must be 'wikitext' or 'folder', got {self.source!r}")
+        if self.max_documents is not None and self.max_documents < 2:
+            raise ValueError(f"max_documents must be >= 2, got {self.max_documents}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.kind must be 'word', 'wordpiece' or 'file', got {self.kind!r}")
         if self.kind == "file" and not self.path:
             raise ValueError("tokenizer.path is required when tokenizer.kind is 'file'")
+        if self.vocab_size < 10 or self.min_frequency < 1:
+            raise ValueError(
+                f"need vocab_size >= 10, min_frequency >= 1; got {self.vocab_size}, {self.min_frequency}"
+            )
 
 
 @dataclass(frozen=True)
@@ -78,22 +82,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainConfig:
-    run_dir: str
-    data_dir: str | None = None  # None: $SEQBERT_DATA_DIR
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+class PretrainJob:
+    train: TrainConfig
+    data: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     max_len: int = 64  # tokens per pair, [CLS] and both [SEP] included
     drop_long: bool = True  # D2L drops pairs longer than max_len; False trims them (google-research/bert)
     mask_prob: float = 0.15
     # "masked": MLM cross-entropy over the masked tokens only (correct). "d2l_pytorch": D2L's PyTorch
-    # formula, for comparison with its printed numbers only (see D2LLoss).
+    # formula, to explain its printed figure only (see D2LLoss).
     mlm_loss: str = "masked"
     batch_size: int = 512
     eval_pairs: int = 1024  # held out from training for the MLM/NSP evaluation (0: none)
     seed: int = 0
-    train: TrainConfig
 
     def __post_init__(self) -> None:
         if self.max_len < 8:
@@ -102,8 +104,17 @@ class PretrainConfig:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.eval_pairs < 0:
             raise ValueError(f"eval_pairs must be >= 0, got {self.eval_pairs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.mlm_loss not in ("masked", "d2l_pytorch"):
             raise ValueError(f"mlm_loss must be 'masked' or 'd2l_pytorch', got {self.mlm_loss!r}")
+
+
+@dataclass
+class D2LOutput(PreTrainingOutput):
+    """D2LLoss's output: `mlm_loss` is D2L's formula, `masked_mlm_loss` the correct masked-token loss."""
+
+    masked_mlm_loss: torch.Tensor | None = None
 
 
 class LossLog(nn.Module):
@@ -123,7 +134,8 @@ class LossLog(nn.Module):
         if self.training:
             self.mlm.append(out.mlm_loss.item())
             self.nsp.append(out.nsp_loss.item())
-            self.masked_mlm.append(getattr(out, "masked_mlm_loss", out.mlm_loss).item())
+            masked = out.masked_mlm_loss if isinstance(out, D2LOutput) else out.mlm_loss
+            self.masked_mlm.append(masked.item())
         return out
 
 
@@ -138,14 +150,13 @@ class D2LLoss(nn.Module):
         d2l_mlm = ( sum_masked CE(y | h_i) + sum_b pad_b * CE(<unk> | h_cls_b) ) / (B * slots)
 
     Predicting <unk> at [CLS] is trivial, so the padded slots pull the figure far below the real MLM loss.
-    The returned output's `mlm_loss` is this formula; `masked_mlm_loss` keeps the correct one.
     """
 
     def __init__(self, model: BertForPreTraining, slots: int, unk_id: int) -> None:
         super().__init__()
         self.model, self.slots, self.unk_id = model, slots, unk_id
 
-    def forward(self, batch):
+    def forward(self, batch) -> D2LOutput:
         m = self.model
         hidden = m.bert(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]  # (B, L)
@@ -160,36 +171,34 @@ class D2LLoss(nn.Module):
         d2l_mlm = (ce * weights).sum() / (B * self.slots)
         nsp_logits = m.nsp(m.pooler(hidden))  # (B, 2)
         nsp = F.cross_entropy(nsp_logits, batch["next_sentence_label"])
-        out = PreTrainingOutput(logits[: len(targets)], targets, nsp_logits, d2l_mlm + nsp, d2l_mlm, nsp)
-        out.masked_mlm_loss = ce[: len(targets)].mean()
-        return out
+        return D2LOutput(
+            logits[: len(targets)],
+            targets,
+            nsp_logits,
+            d2l_mlm + nsp,
+            d2l_mlm,
+            nsp,
+            ce[: len(targets)].mean(),
+        )
 
 
-def _path(data_dir: str | None, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else resolve_data_dir(data_dir) / p
-
-
-def main(cfg: PretrainConfig) -> dict:
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+def run(cfg: PretrainJob, out: Path, data_dir: str | None = None) -> dict:
     t0 = time.perf_counter()
 
     # ---- corpus -> tokenizer -> sentence pairs
-    path = _path(cfg.data_dir, cfg.corpus.path)
-    if cfg.corpus.source == "wikitext":
-        documents = read_wikitext(path, cfg.corpus.lowercase, cfg.corpus.detokenize)
+    path = data_path(data_dir, cfg.data.path)
+    if cfg.data.source == "wikitext":
+        documents = read_wikitext(path, cfg.data.lowercase, cfg.data.detokenize)
     else:
-        documents = read_text_folder(path, lowercase=cfg.corpus.lowercase)
-    documents = documents[: cfg.corpus.max_documents]
+        documents = read_text_folder(path, lowercase=cfg.data.lowercase)
+    documents = documents[: cfg.data.max_documents]
     sentences = [s for doc in documents for s in doc]
     if cfg.tokenizer.kind == "word":
         tokenizer = train_word_level(sentences, cfg.tokenizer.min_frequency)
     elif cfg.tokenizer.kind == "wordpiece":
         tokenizer = train_wordpiece(sentences, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
     else:
-        tokenizer = load_tokenizer(_path(cfg.data_dir, cfg.tokenizer.path))
+        tokenizer = load_tokenizer(data_path(data_dir, cfg.tokenizer.path))
     specials = special_ids(tokenizer)
     pairs = make_nsp_pairs(
         tokenize_documents(tokenizer, documents), specials, cfg.max_len, cfg.seed, cfg.drop_long
@@ -204,24 +213,15 @@ def main(cfg: PretrainConfig) -> dict:
     vocab_size = tokenizer.get_vocab_size()
     m = cfg.model
     config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=m.hidden_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        intermediate_size=m.intermediate_size,
-        max_len=cfg.max_len,
-        dropout=m.dropout,
-        attention_dropout=m.dropout,
-        pad_id=specials.pad,
-        pre_ln=m.pre_ln,
-    )
+        vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+        intermediate_size=m.intermediate_size, max_len=cfg.max_len, dropout=m.dropout,
+        attention_dropout=m.dropout, pad_id=specials.pad, pre_ln=m.pre_ln,
+    )  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = BertForPreTraining(config, nsp=True)
-    d2l = (
-        D2LLoss(model, round(cfg.max_len * cfg.mask_prob), specials.unk)
-        if cfg.mlm_loss == "d2l_pytorch"
-        else None
-    )
+    d2l = None
+    if cfg.mlm_loss == "d2l_pytorch":
+        d2l = D2LLoss(model, round(cfg.max_len * cfg.mask_prob), specials.unk)
     logged = LossLog(model, d2l)
 
     # ---- train
@@ -234,12 +234,13 @@ def main(cfg: PretrainConfig) -> dict:
         def evaluate(wrapped: LossLog) -> dict[str, float]:
             return scores(wrapped.model)
 
-    result = train(logged, source, cfg.train, run_dir, evaluate)
+    result = train(logged, source, cfg.train, out / "train", evaluate)
 
     # ---- save
-    save_text_model(run_dir, model, tokenizer, None)
+    save_pretrained(out / MODEL_DIR, model, tokenizer, None)
     steps = len(logged.mlm)
-    results = {
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731  (steps of this call; None on resume)
+    return write_metrics(out, {
         "pairs_train": n - n_eval,
         "pairs_eval": n_eval,
         "vocab_size": vocab_size,
@@ -248,24 +249,10 @@ def main(cfg: PretrainConfig) -> dict:
         "train_seconds": round(result.seconds, 2),
         "seconds": round(time.perf_counter() - t0, 2),
         "mlm_loss": cfg.mlm_loss,
-        "mlm_loss_mean": sum(logged.mlm) / steps if steps else None,  # D2L's figure: mean over the run
-        "masked_mlm_loss_mean": sum(logged.masked_mlm) / steps if steps else None,  # the correct loss
-        "nsp_loss_mean": sum(logged.nsp) / steps if steps else None,
+        "mlm_loss_mean": mean(logged.mlm),  # D2L's figure: mean over the run
+        "masked_mlm_loss_mean": mean(logged.masked_mlm),  # the correct loss
+        "nsp_loss_mean": mean(logged.nsp),
         "mlm_loss_last": logged.mlm[-1] if steps else None,
         "eval": result.last_eval,
-        "bert": asdict(config),
-    }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    return results
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config", required=True, help="a YAML file, e.g. recipes/text_pretrain_wikitext2.yaml"
-    )
-    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.max_steps=10")
-    args = parser.parse_args()
-    print(json.dumps(main(load_config(PretrainConfig, args.config, args.overrides)), indent=2))
+        "bert": dataclasses.asdict(config),
+    })  # fmt: skip
