@@ -1,44 +1,53 @@
-"""The ML-1M two-stage recipe on a tiny synthetic BERT4Rec run: a Flat index over the model's own vectors
-must reproduce its full ranking exactly, and every pipeline is reported."""
+"""The jobs that read trained recommend runs (two_stage, item_rerank, compare), on a tiny synthetic BERT4Rec
+run from `recipes/bert4rec_synthetic.yaml`, with their ML-1M recipes' settings: a Flat index over the
+model's own vectors must reproduce its full ranking exactly, and compare must reproduce the run's own
+metrics on the same candidates."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
-from seqbert.config import load_config
+from seqbert.config import ConfigError, load_config
+from seqbert.jobs import compare, item_rerank, run_identity, run_job, two_stage
 
 ROOT = Path(__file__).resolve().parents[2]
+RECIPES = {
+    "two_stage_ml1m.yaml": two_stage,
+    "cross_rerank_ml1m.yaml": item_rerank,
+    "compare_rec.yaml": compare,
+}
 
 
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bert4rec = _load("bert4rec_recipe_for_two_stage", "bert4rec.py")
-two_stage = _load("two_stage_recipe", "two_stage_ml1m.py")
+def recipe(file: str, overrides: list[str]):
+    """A recipe's config with `overrides`, built the way `seqbert train` builds it."""
+    module = RECIPES[file]
+    (job,) = module.JOBS.values()
+    return load_config(job.config_cls, ROOT / "recipes" / file, overrides, ignore=("job",))
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("b4r")
-    cfg = load_config(
-        bert4rec.RecipeConfig, ROOT / "recipes" / "bert4rec_synthetic.yaml", ["train.max_steps=150"]
-    )
-    bert4rec.main(cfg, out)
+    out = tmp_path_factory.mktemp("b4r") / "run"
+    run_job(ROOT / "recipes" / "bert4rec_synthetic.yaml", out, ["train.max_steps=60", "train.eval_every=60"])
     return out
+
+
+@pytest.mark.parametrize("file", sorted(RECIPES))
+def test_recipes_name_their_job_and_bind_runs_to_their_data(file):
+    name = yaml.safe_load((ROOT / "recipes" / file).read_text())["job"]
+    assert list(RECIPES[file].JOBS) == [name]
+    cfg = recipe(file, [])
+    identity = run_identity(name, cfg)
+    assert identity["job"] == name and identity["data"] and "runs/" in json.dumps(identity["data"])
 
 
 def test_flat_index_over_the_models_vectors_reproduces_full_ranking(run_dir, tmp_path):
     overrides = [
-        f"model_dir={run_dir}",
-        f"sasrec_dir={run_dir}",  # any recommender on the same vocabulary can retrieve
+        f"data.model_dir={run_dir}",
+        f"data.sasrec_dir={run_dir}",  # any recommender on the same vocabulary can retrieve
         "factory=Flat",
         "depths=[10,30]",
         "headline_depth=30",
@@ -46,26 +55,44 @@ def test_flat_index_over_the_models_vectors_reproduces_full_ranking(run_dir, tmp
         "max_users=120",
         "progress=false",
     ]
-    cfg = load_config(two_stage.TwoStageConfig, None, overrides)
-    full = two_stage.main(cfg, tmp_path)
-    exact = full["pipelines"]["bert4rec_ann@30"]
+    summary = two_stage.run(recipe("two_stage_ml1m.yaml", overrides), tmp_path)
+    exact = summary["pipelines"]["bert4rec_ann@30"]
     # Flat IP over [e_i, b_i] with queries [t(h), 1] is the model's own top-K: reranking changes nothing
     assert exact["overlap@10"] == 1.0
     assert exact["stages"]["retrieve"]["ndcg@10"] == pytest.approx(exact["stages"]["full"]["ndcg@10"])
     assert exact["stages"]["rerank"]["ndcg@10"] == pytest.approx(exact["stages"]["full"]["ndcg@10"])
-    assert set(full["pipelines"]) == {
+    assert set(summary["pipelines"]) == {
         f"{r}@{d}" for r in ("recent", "sasrec", "bert4rec_ann") for d in (10, 30)
     }
-    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
-    assert summary["users"] == 120 and summary["pipeline"].endswith("@30")
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["users"] == 120 and written["pipeline"].endswith("@30")
+    assert written["by_pipeline"] == summary["by_pipeline"]
     assert (tmp_path / "report.txt").read_text().count("retriever") == 6
 
 
-def test_config_errors_are_named():
+def test_config_errors_are_named(tmp_path):
+    data = two_stage.TwoStageData(model_dir="runs/x")
     with pytest.raises(ValueError, match="retrievers"):
-        two_stage.TwoStageConfig(retrievers=("bm25",))
+        two_stage.TwoStageJob(data=data, retrievers=("bm25",))
     with pytest.raises(ValueError, match="headline_depth"):
-        two_stage.TwoStageConfig(depths=(100,), headline_depth=200)
+        two_stage.TwoStageJob(data=data, retrievers=("recent",), depths=(100,), headline_depth=200)
+    with pytest.raises(ValueError, match="sasrec_dir"):
+        two_stage.TwoStageJob(data=data)  # the sasrec retriever needs its run
+    with pytest.raises(ConfigError, match="data"):
+        recipe("two_stage_ml1m.yaml", ["data=null"])
+    with pytest.raises(ValueError, match="pool"):
+        item_rerank.ItemRerankJob(data=item_rerank.ItemRerankData("runs/x"), pool=15, num_negatives=15)
+    with pytest.raises(ValueError, match="MostPop"):
+        compare.CompareData(runs={"MostPop": "runs/x"})
+    with pytest.raises(ValueError, match="baseline"):
+        recipe("compare_rec.yaml", ["baseline=SASRec"])
+    with pytest.raises(ValueError, match="protocol"):
+        recipe("compare_rec.yaml", ["protocol=pop50"])
+    # a directory that is not a run: one error naming it
+    (tmp_path / "model").mkdir()
+    cfg = two_stage.TwoStageJob(data=two_stage.TwoStageData(str(tmp_path)), retrievers=("recent",))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        two_stage.run(cfg, tmp_path / "out")
 
 
 def test_cli_pipeline_reports_stages(run_dir, tmp_path, capsys):
@@ -80,16 +107,34 @@ def test_cli_pipeline_reports_stages(run_dir, tmp_path, capsys):
     assert main(["pipeline", str(tmp_path), "--max-users", "5"]) == 2  # not a run directory: a clear error
 
 
-def test_cross_rerank_recipe_trains_and_reports(run_dir, tmp_path):
-    cross = _load("cross_rerank_recipe", "cross_rerank_ml1m.py")
-    overrides = [f"model_dir={run_dir}", "train.max_steps=20", "train.warmup_steps=2", "train.log_every=5", "train.progress=false",
-                 "train.precision=fp32", "cuts_per_user=2", "depth=20", "max_users=60", "latency_queries=3"]  # fmt: skip
-    cfg = load_config(cross.CrossRerankConfig, ROOT / "recipes" / "cross_rerank_ml1m.yaml", overrides)
-    full = cross.main(cfg, tmp_path)
-    s = full["summary"]
+def test_item_rerank_job_trains_and_reports(run_dir, tmp_path):
+    overrides = [f"data.model_dir={run_dir}", "train.max_steps=20", "train.warmup_steps=2", "train.log_every=5",
+                 "train.progress=false", "train.precision=fp32", "train.checkpoint_every=0", "cuts_per_user=2",
+                 "depth=20", "max_users=60", "latency_queries=3"]  # fmt: skip
+    s = item_rerank.run(recipe("cross_rerank_ml1m.yaml", overrides), tmp_path)
     assert s["train_steps"] == 20 and s["users"] == 60 and 0 <= s["ndcg@10"] <= 1
     # both rerankers see the same BERT4Rec candidates: the same retrieval recall
-    a, b = full["pipelines"]["cross"]["stages"], full["pipelines"]["bert4rec"]["stages"]
+    a, b = s["pipelines"]["cross"]["stages"], s["pipelines"]["bert4rec"]["stages"]
     assert a["retrieve"]["recall@20"] == b["retrieve"]["recall@20"]
     assert b["rerank"]["ndcg@10"] == pytest.approx(b["full"]["ndcg@10"])  # Flat: BERT4Rec reranks itself
     assert (tmp_path / "model" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["ndcg@10"] == s["ndcg@10"]
+
+
+@pytest.mark.parametrize("protocol", ["full", "pop100"])
+def test_compare_job_reproduces_the_runs_own_metrics(run_dir, tmp_path, protocol):
+    overrides = [f"data.runs={{A: {run_dir}, B: {run_dir}}}", f"protocol={protocol}", "baseline=A"]
+    cfg = recipe("compare_rec.yaml", overrides)
+    assert list(cfg.data.runs) == ["A", "B"]
+    report = compare.run(cfg, tmp_path)
+    own = json.loads((run_dir / "metrics.json").read_text())
+    assert list(report["runs"]) == ["A", "B", "MostPop"]
+    got = {name: {k: m["mean"] for k, m in r["metrics"].items()} for name, r in report["runs"].items()}
+    for name, want in (("A", own[protocol]), ("B", own[protocol]), ("MostPop", own["mostpop"][protocol])):
+        for key in ("hr@10", "ndcg@10", "mrr"):
+            assert got[name][key] == pytest.approx(want[key], abs=1e-9), (name, key)
+    if protocol == "pop100":  # the same 100 negatives the run drew, redrawn here with the same seed
+        mine = np.load(tmp_path / "eval" / "negatives_pop100_seed42.npz")
+        theirs = np.load(run_dir / "eval" / "negatives_pop100_seed42.npz")
+        assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files)
+    assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()

@@ -1,10 +1,10 @@
-"""MovieLens-1M two-stage recommendation: Faiss retrieval of K candidates -> BERT4Rec reranking, beside
-BERT4Rec's exact full ranking, on the leave-one-out test users (seen items excluded everywhere).
+"""The `two_stage` job: retrieve K candidates -> rerank them with BERT4Rec, beside BERT4Rec's exact full
+ranking, on the leave-one-out test users of a trained run (seen items excluded everywhere).
 
-    python recipes/two_stage_ml1m.py --config recipes/two_stage_ml1m.yaml [--set key=value ...]
+    seqbert train recipes/two_stage_ml1m.yaml --out runs/two-stage-ml1m
 
-Needs a trained BERT4Rec run (`recipes/bert4rec.py ... --out runs/bert4rec-ml1m`; its `data/` holds the
-prepared split) and, for the "sasrec" retriever, a SASRec+ run on the same data. Retrievers:
+`data.model_dir` is a `seqbert train` BERT4Rec run (the reranker, the reference, and its prepared data);
+`data.sasrec_dir` a SASRec+ run on the same items, for the "sasrec" retriever. Retrievers:
   recent         no transformer at all: the query is a recency-weighted mean of the L2-normalised BERT4Rec
                  item embeddings of the user's last `recent_items` items, w_j = recent_decay^age; a Flat
                  inner-product index over the normalised item embeddings (item-to-item similarity)
@@ -12,26 +12,23 @@ prepared split) and, for the "sasrec" retriever, a SASRec+ run on the same data.
                  queries [t(h), 1] (`seqbert.retrieval.items`), in a `factory` index (HNSW by default)
   bert4rec_ann   BERT4Rec's own scores the same way: the reranker then only repairs the ANN's misses
 Reranker: BERT4Rec scoring just the K candidates (`candidate_scores`). Reference: BERT4Rec full ranking.
-Writes OUT/results.json and OUT/report.txt, and merges "ml1m_two_stage" into
-benchmarks/results/retrieval.json (`--no-merge` to skip): the headline is depth `headline_depth`, the
-retriever with the best reranked NDCG@10 there.
+Writes OUT/metrics.json (the headline at depth `headline_depth` for the retriever with the best reranked
+NDCG@10 there, a row per retriever x depth, and every pipeline's full report) and OUT/report.txt.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from seqbert.config import config_to_dict, load_config
-from seqbert.data.interactions import load_prepared
+from seqbert.config import config_to_dict
+from seqbert.jobs import Job
 from seqbert.pipeline import PipelineConfig, format_report, run_two_stage
+from seqbert.recommender import load_recommender, run_dataset
 from seqbert.retrieval.index import IndexConfig
 from seqbert.retrieval.items import (
     full_ranking,
@@ -40,18 +37,26 @@ from seqbert.retrieval.items import (
     recent_items_retriever,
     test_queries,
 )
-from seqbert.tasks.bert4rec import load_recommender
-from seqbert.training.checkpoint import merge_json
+from seqbert.training.checkpoint import atomic_file
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_JSON = ROOT / "benchmarks" / "results" / "retrieval.json"
 RETRIEVERS = ("recent", "sasrec", "bert4rec_ann")
 
 
 @dataclass(frozen=True)
-class TwoStageConfig:
-    model_dir: str = "runs/bert4rec-ml1m"  # BERT4Rec run: reranker, reference, prepared data
-    sasrec_dir: str | None = "runs/sasrec-ml1m"  # SASRec+ run for the "sasrec" retriever
+class TwoStageData:
+    """The runs this job reads (`out/run.json` binds to them)."""
+
+    model_dir: str  # BERT4Rec run directory: reranker, reference, prepared data
+    sasrec_dir: str | None = None  # SASRec+ run directory, for the "sasrec" retriever
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise ValueError("data.model_dir must name a BERT4Rec run directory")
+
+
+@dataclass(frozen=True)
+class TwoStageJob:
+    data: TwoStageData
     retrievers: tuple[str, ...] = RETRIEVERS
     depths: tuple[int, ...] = (100, 200, 500)
     headline_depth: int = 200
@@ -69,37 +74,47 @@ class TwoStageConfig:
     def __post_init__(self) -> None:
         bad = [r for r in self.retrievers if r not in RETRIEVERS]
         if bad or not self.retrievers:
-            raise ValueError(f"TwoStageConfig.retrievers must be among {RETRIEVERS}, got {self.retrievers!r}")
-        if "sasrec" in self.retrievers and not self.sasrec_dir:
-            raise ValueError("TwoStageConfig.retrievers includes 'sasrec' but sasrec_dir is not set")
+            raise ValueError(f"retrievers must be among {RETRIEVERS}, got {self.retrievers!r}")
+        if "sasrec" in self.retrievers and not self.data.sasrec_dir:
+            raise ValueError("retrievers includes 'sasrec' but data.sasrec_dir is not set")
         if not self.depths or min(self.depths) < 10:
-            raise ValueError(f"TwoStageConfig.depths must be >= 10 (NDCG@10 needs 10), got {self.depths!r}")
+            raise ValueError(f"depths must be >= 10 (NDCG@10 needs 10), got {self.depths!r}")
         if self.headline_depth not in self.depths:
             raise ValueError(f"headline_depth {self.headline_depth} is not one of depths {self.depths}")
         if self.recent_items < 1 or not 0 < self.recent_decay <= 1:
             raise ValueError("recent_items must be >= 1 and recent_decay in (0, 1]")
+        if self.reference_depth < 10 or self.batch_size < 1 or self.latency_queries < 0:
+            raise ValueError("reference_depth must be >= 10, batch_size >= 1 and latency_queries >= 0")
+        if self.max_users is not None and self.max_users < 1:
+            raise ValueError(f"max_users must be >= 1 or null, got {self.max_users}")
 
 
-def main(cfg: TwoStageConfig, out: Path) -> dict:
+def run(cfg: TwoStageJob, out: Path, data_dir: str | None = None) -> dict:
+    """Every retriever x depth through `run_two_stage`; `data_dir` is unused (the runs hold their data)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    model, vocab = load_recommender(cfg.model_dir)
-    ds = load_prepared(Path(cfg.model_dir) / "data")
+    model, vocab, _ = load_recommender(cfg.data.model_dir)
+    ds = run_dataset(cfg.data.model_dir)
+    if ds is None:
+        raise FileNotFoundError(
+            f"data.model_dir {cfg.data.model_dir}: no prepared data (a `seqbert train` run?)"
+        )
     queries, rel_ids = test_queries(ds, cfg.max_users)
     sasrec = None
     if "sasrec" in cfg.retrievers:
-        sasrec, sasrec_vocab = load_recommender(cfg.sasrec_dir)
+        sasrec, sasrec_vocab, _ = load_recommender(cfg.data.sasrec_dir)
         if sasrec_vocab != vocab:
-            raise ValueError(f"{cfg.sasrec_dir}: its item vocabulary differs from {cfg.model_dir}'s")
+            raise ValueError(
+                f"data.sasrec_dir {cfg.data.sasrec_dir}: its item vocabulary differs from data.model_dir's"
+            )
 
     rerank = model_reranker(model)
     reference = full_ranking(model, cfg.reference_depth)
-
     pcfg = PipelineConfig(
         batch_size=cfg.batch_size, latency_queries=cfg.latency_queries, progress=cfg.progress
     )
-    results, text = {}, []
+    pipelines, text = {}, []
     for name in cfg.retrievers:
         for depth in cfg.depths:
             if name == "recent":
@@ -108,12 +123,11 @@ def main(cfg: TwoStageConfig, out: Path) -> dict:
                 index = IndexConfig(factory=cfg.factory, ef_search=cfg.ef_search)
                 retrieve = model_retriever(sasrec if name == "sasrec" else model, depth, index)
             report = run_two_stage(queries, rel_ids, retrieve, rerank, reference, config=pcfg)
-            results[f"{name}@{depth}"] = report
+            pipelines[f"{name}@{depth}"] = report
             text.append(format_report(report, f"== {name} retriever, depth {depth}"))
             print(text[-1], flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    head = {k: v for k, v in results.items() if k.endswith(f"@{cfg.headline_depth}")}
+    head = {k: v for k, v in pipelines.items() if k.endswith(f"@{cfg.headline_depth}")}
     best = max(head, key=lambda k: head[k]["stages"]["rerank"]["ndcg@10"])
     summary = {
         "ndcg@10": head[best]["stages"]["rerank"]["ndcg@10"],
@@ -132,36 +146,23 @@ def main(cfg: TwoStageConfig, out: Path) -> dict:
                 "relative_gap": v["ndcg@10_relative_gap"],
                 "overlap@10": v["overlap@10"],
             }
-            for k, v in results.items()
+            for k, v in pipelines.items()
         },
         "users": len(queries),
         "seconds": round(time.time() - t_start, 1),
         "threads": torch.get_num_threads(),
+        "config": config_to_dict(cfg),
+        "pipelines": pipelines,
     }
-    full = {"summary": summary, "config": config_to_dict(cfg), "pipelines": results}
-    (out / "results.json").write_text(json.dumps(full, indent=2) + "\n")
-    (out / "report.txt").write_text("\n\n".join(text) + "\n")
+    with atomic_file(out / "report.txt") as tmp:
+        tmp.write_text("\n\n".join(text) + "\n")
+    with atomic_file(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"headline ({best}): ndcg@10 {summary['ndcg@10']:.4f} vs full {summary['full_ndcg@10']:.4f} "
           f"({summary['relative_gap']:+.2%}), cost ratio {summary['cost_ratio']:.3f}")  # fmt: skip
-    return full
+    return summary
 
 
-def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--out", default="runs/two_stage_ml1m")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    ap.add_argument("--no-merge", action="store_true", help="do not write benchmarks/results/retrieval.json")
-    args = ap.parse_args(argv)
-    cfg = load_config(TwoStageConfig, args.config, args.set)
-    full = main(cfg, Path(args.out))
-    if not args.no_merge:  # the summary, under its key, with the command that reproduces it
-        command = shlex.join(
-            ["python", "recipes/two_stage_ml1m.py", *(sys.argv[1:] if argv is None else argv)]
-        )
-        merge_json(RESULTS_JSON, "ml1m_two_stage", {**full["summary"], "command": command})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli())
+JOBS = {
+    "two_stage": Job(TwoStageJob, run, "retrieve K candidates -> rerank with BERT4Rec, beside full ranking")
+}
