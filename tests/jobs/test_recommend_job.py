@@ -49,7 +49,9 @@ def test_sasrec_trains_and_a_resumed_run_adds_no_duplicate_curve_points(tmp_path
 
 
 # every recommendation recipe shipped, so a new one cannot be forgotten here
-REC_CONFIGS = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml") if p.name.startswith(("bert4rec", "sasrec")))
+REC_CONFIGS = sorted(
+    p.name for p in (ROOT / "recipes").glob("*.yaml") if p.name.startswith(("bert4rec", "sasrec"))
+)
 
 
 @pytest.mark.parametrize("name", REC_CONFIGS)

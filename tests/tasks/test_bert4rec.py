@@ -1,7 +1,5 @@
 """BERT4Rec / SASRec+: windows, cloze collator, losses, inference, no leakage, MostPop."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -17,15 +15,12 @@ from seqbert.tasks.bert4rec import (
     RecConfig,
     SeqRecommender,
     candidate_scores,
-    load_recommender,
     make_collate,
     make_inputs,
     query_states,
-    recommend,
     score_histories,
     training_windows,
 )
-from seqbert.training.checkpoint import save_model
 
 V = 2 + 23  # specials + 23 items (odd on purpose)
 
@@ -238,28 +233,29 @@ def test_no_leakage_target_never_in_the_model_input_at_evaluation():
 
 
 def test_recommend_new_user_unknown_items_and_exclusion(tmp_path):
+    from seqbert.recommender import Recommender, load_recommender, save_recommender
+
     model, rec = small_model()
     vocab = ItemVocab([f"m{i}" for i in range(V - FIRST_ITEM_ID)])
-    recs = recommend(model, vocab, ["m1", "m2"], k=5)
-    assert len(recs) == 5 and not {"m1", "m2"} & {i for i, _ in recs}
-    assert all(a[1] >= b[1] for a, b in zip(recs, recs[1:]))
-    with pytest.raises(KeyError, match="unknown item ids"):
-        recommend(model, vocab, ["m1", "nope"], k=5)
-    assert recommend(model, vocab, ["m1", "nope"], k=5, skip_unknown=True) == recommend(
-        model, vocab, ["m1"], k=5
-    )
-    assert len(recommend(model, vocab, [], k=3)) == 3  # a brand-new user with no history (cloze)
-    seen = recommend(model, vocab, ["m1"], k=V, exclude_seen=False)
-    assert "m1" in {i for i, _ in seen}
-    # saved and reloaded: same recommendations
-    import dataclasses
+    api = Recommender.from_parts(model.eval(), vocab)
 
-    save_model(
-        tmp_path / "model", model, {"bert": dataclasses.asdict(model.config), "task": dataclasses.asdict(rec)}
-    )
-    vocab.save(tmp_path / "model" / "vocab.json")
-    loaded, vocab2 = load_recommender(tmp_path)
-    assert recommend(loaded, vocab2, ["m3", "m4"], k=4) == recommend(model.eval(), vocab, ["m3", "m4"], k=4)
+    def items(history, **kw):
+        return api.recommend(histories=[history], **kw)["item"].to_list()
+
+    recs = api.recommend(histories=[["m1", "m2"]], k=5)
+    assert recs.height == 5 and not {"m1", "m2"} & set(recs["item"])
+    assert recs["score"].is_sorted(descending=True)
+    with pytest.raises(KeyError, match="unknown item ids"):
+        items(["m1", "nope"], k=5)
+    assert items(["m1", "nope"], k=5, skip_unknown=True) == items(["m1"], k=5)
+    assert len(items([], k=3)) == 3  # a brand-new user with no history (cloze)
+    assert "m1" in items(["m1"], k=V, exclude_seen=False)
+    # saved and reloaded: same recommendations
+    save_recommender(tmp_path / "model", model, vocab)
+    loaded, vocab2, names = load_recommender(tmp_path)
+    assert names is None and vocab2 == vocab
+    again = Recommender.from_parts(loaded, vocab2).recommend(histories=[["m3", "m4"]], k=4)
+    assert again.equals(api.recommend(histories=[["m3", "m4"]], k=4))
 
 
 def test_mostpop_ranks_by_training_counts():
