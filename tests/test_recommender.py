@@ -126,8 +126,8 @@ def test_python_api_fit_recommend_save_load(tmp_path):
     log, _ = write_log(tmp_path, users=200, items=40, seed=1)
     frame = pd.read_csv(log, dtype=str)
     rec = Recommender(
-        hidden_size=16, num_layers=1, intermediate_size=32, max_len=12, max_steps=40, warmup_steps=5, eval_every=20,
-        precision="fp32", progress=False, window_stride=0,
+        hidden_size=16, num_layers=1, intermediate_size=32, max_len=12, schedule_clock="steps", max_steps=40,
+        warmup_steps=5, warmup_fraction=0.0, eval_every=20, precision="fp32", progress=False, window_stride=0,
     ).fit(frame, user_col="user_id", item_col="movie", time_col="ts", out=tmp_path / "run")  # fmt: skip
     top = rec.recommend(users=["u0", "u7"], k=5)
     assert top.columns == ["user", "item", "rank", "score"]

@@ -456,12 +456,14 @@ def print_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
 
 
 def default_config() -> RecommendJob:
-    """SASRec+ with the settings of recipes/sasrec_ml1m.yaml (Klenitskiy & Vasilev 2023's training:
-    dropout 0.1, no weight decay), the Python API's default; pass settings to change any field."""
+    """SASRec+ with the settings of recipes/sasrec_ml1m.yaml (Klenitskiy & Vasilev 2023's training: dropout
+    0.1, no weight decay) and a ten-minute time-clocked schedule: the Python API's default; pass settings
+    to change any field (e.g. `max_seconds=1800`, or `schedule_clock="steps", max_steps=2000`)."""
     return RecommendJob(
         train=TrainConfig(
-            max_steps=2000, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.1, clip_norm=5.0,
-            eval_every=250, early_stopping_metric="valid_ndcg@10", restore_best=True, log_every=50,
+            max_steps=1_000_000, lr=2e-3, weight_decay=0.0, schedule_clock="time", max_seconds=600.0,
+            warmup_fraction=0.03, min_lr_ratio=0.1, clip_norm=5.0, eval_every=250,
+            early_stopping_metric="valid_ndcg@10", restore_best=True, log_every=50,
         ),
         model=ModelConfig(dropout=0.1, attention_dropout=0.1),
         task=RecConfig(objective="next_item", max_len=200, window_stride=100),
