@@ -162,3 +162,29 @@ def test_real_files_have_the_documented_sizes():
     conll = read_conll(require_data("conll2003/valid.txt"))
     assert len(conll.words) == 3250 and sum(t == "B-PER" for s in conll.tags for t in s) == 1842
     assert set(t for s in conll.tags for t in s) == set(CONLL_TAGS)
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module file -> the seqbert modules it imports (anywhere in the file, lazy imports included)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "seqbert" / package
+    out = {}
+    for path in root.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        out[path.name] = {n for n in names if n.startswith("seqbert.")}
+    return out
+
+
+def test_layering_data_never_imports_model_and_tasks_never_import_retrieval():
+    data = {f: [n for n in names if n.startswith("seqbert.model")] for f, names in _imports("data").items()}
+    assert not any(data.values()), data
+    tasks = {
+        f: [n for n in names if n.startswith("seqbert.retrieval")] for f, names in _imports("tasks").items()
+    }
+    assert not any(tasks.values()), tasks
