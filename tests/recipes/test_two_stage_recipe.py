@@ -147,3 +147,17 @@ def test_compare_job_reproduces_the_runs_own_metrics(run_dir, tmp_path, protocol
         theirs = np.load(run_dir / "eval" / "negatives_pop100_seed42.npz")
         assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files)
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
+
+
+def test_seqbert_train_binds_the_run_to_the_runs_it_reads(run_dir, tmp_path, monkeypatch):
+    import seqbert.jobs
+
+    table = seqbert.jobs.jobs()
+    table.update({**two_stage.JOBS, **item_rerank.JOBS, **compare.JOBS})  # as the lead's job table will
+    monkeypatch.setattr(seqbert.jobs, "jobs", lambda: table)
+    config, out = ROOT / "recipes" / "compare_rec.yaml", tmp_path / "cmp"
+    run_job(config, out, [f"data.runs={{A: {run_dir}}}"])
+    bound = json.loads((out / "run.json").read_text())
+    assert bound == {"job": "compare", "data": {"runs": {"A": str(run_dir)}}}
+    with pytest.raises(ConfigError, match="choose another --out"):
+        run_job(config, out, [f"data.runs={{A: {run_dir}, B: {run_dir}}}"])
