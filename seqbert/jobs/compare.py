@@ -86,10 +86,10 @@ def buckets(values: np.ndarray, edges: tuple[int, ...], unit: str) -> np.ndarray
 
 def run(cfg: CompareJob, out: Path, data_dir: str | None = None) -> dict:
     """Score every run (and MostPop) on the first run's test users; `data_dir` is unused."""
-    first = next(iter(cfg.data.runs.values()))
+    first_name, first = next(iter(cfg.data.runs.items()))
     ds = run_dataset(first)
     if ds is None:
-        raise FileNotFoundError(f"data.runs: {first} has no prepared data (a `seqbert train` run?)")
+        raise FileNotFoundError(f"data.runs.{first_name} {first}: no prepared data (a `seqbert train` run?)")
     test = test_protocols(ds, out, cfg.negatives_seed)
     V = ds.vocab.size
     common = dict(

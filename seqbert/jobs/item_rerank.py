@@ -77,15 +77,15 @@ def run(cfg: ItemRerankJob, out: Path, data_dir: str | None = None) -> dict:
     """Train the reranker from the teacher, then evaluate both rerankers on the teacher's candidates;
     `data_dir` is unused (the teacher's run holds its data)."""
     t_start = time.time()
-    teacher, _, _ = load_recommender(cfg.data.model_dir)
-    if teacher.config.causal:
-        raise ValueError(
-            f"data.model_dir {cfg.data.model_dir}: the teacher must be BERT4Rec (cloze), not causal"
-        )
     ds = run_dataset(cfg.data.model_dir)
     if ds is None:
         raise FileNotFoundError(
             f"data.model_dir {cfg.data.model_dir}: no prepared data (a `seqbert train` run?)"
+        )
+    teacher, _, _ = load_recommender(cfg.data.model_dir)
+    if teacher.config.causal:
+        raise ValueError(
+            f"data.model_dir {cfg.data.model_dir}: the teacher must be BERT4Rec (cloze), not causal"
         )
     rows = hard_negative_examples(
         ds.train_sequences, lambda h: score_histories(teacher, h), teacher.rec_config.max_len,

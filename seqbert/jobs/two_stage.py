@@ -94,12 +94,12 @@ def run(cfg: TwoStageJob, out: Path, data_dir: str | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    model, vocab, _ = load_recommender(cfg.data.model_dir)
     ds = run_dataset(cfg.data.model_dir)
     if ds is None:
         raise FileNotFoundError(
             f"data.model_dir {cfg.data.model_dir}: no prepared data (a `seqbert train` run?)"
         )
+    model, vocab, _ = load_recommender(cfg.data.model_dir)
     queries, rel_ids = test_queries(ds, cfg.max_users)
     sasrec = None
     if "sasrec" in cfg.retrievers:

@@ -31,7 +31,9 @@ def recipe(file: str, overrides: list[str]):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("b4r") / "run"
-    run_job(ROOT / "recipes" / "bert4rec_synthetic.yaml", out, ["train.max_steps=60", "train.eval_every=60"])
+    # a short run: what these tests check holds for any model, trained or not
+    settings = ["train.max_steps=20", "train.eval_every=20", "data.synthetic_users=300"]
+    run_job(ROOT / "recipes" / "bert4rec_synthetic.yaml", out, settings)
     return out
 
 
@@ -51,8 +53,8 @@ def test_flat_index_over_the_models_vectors_reproduces_full_ranking(run_dir, tmp
         "factory=Flat",
         "depths=[10,30]",
         "headline_depth=30",
-        "latency_queries=5",
-        "max_users=120",
+        "latency_queries=3",
+        "max_users=60",
         "progress=false",
     ]
     summary = two_stage.run(recipe("two_stage_ml1m.yaml", overrides), tmp_path)
@@ -65,7 +67,7 @@ def test_flat_index_over_the_models_vectors_reproduces_full_ranking(run_dir, tmp
         f"{r}@{d}" for r in ("recent", "sasrec", "bert4rec_ann") for d in (10, 30)
     }
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["users"] == 120 and written["pipeline"].endswith("@30")
+    assert written["users"] == 60 and written["pipeline"].endswith("@30")
     assert written["by_pipeline"] == summary["by_pipeline"]
     assert (tmp_path / "report.txt").read_text().count("retriever") == 6
 
@@ -88,11 +90,18 @@ def test_config_errors_are_named(tmp_path):
         recipe("compare_rec.yaml", ["baseline=SASRec"])
     with pytest.raises(ValueError, match="protocol"):
         recipe("compare_rec.yaml", ["protocol=pop50"])
-    # a directory that is not a run: one error naming it
-    (tmp_path / "model").mkdir()
-    cfg = two_stage.TwoStageJob(data=two_stage.TwoStageData(str(tmp_path)), retrievers=("recent",))
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        two_stage.run(cfg, tmp_path / "out")
+
+
+def test_a_model_directory_without_its_run_is_refused_by_name(run_dir, tmp_path):
+    model_only = str(run_dir / "model")
+    jobs = [
+        (two_stage, two_stage.TwoStageJob(data=two_stage.TwoStageData(model_only), retrievers=("recent",))),
+        (item_rerank, item_rerank.ItemRerankJob(data=item_rerank.ItemRerankData(model_only))),
+        (compare, compare.CompareJob(data=compare.CompareData(runs={"A": model_only}))),
+    ]
+    for module, cfg in jobs:
+        with pytest.raises(FileNotFoundError, match=f"{model_only}: no prepared data"):
+            module.run(cfg, tmp_path)
 
 
 def test_cli_pipeline_reports_stages(run_dir, tmp_path, capsys):
@@ -108,11 +117,11 @@ def test_cli_pipeline_reports_stages(run_dir, tmp_path, capsys):
 
 
 def test_item_rerank_job_trains_and_reports(run_dir, tmp_path):
-    overrides = [f"data.model_dir={run_dir}", "train.max_steps=20", "train.warmup_steps=2", "train.log_every=5",
-                 "train.progress=false", "train.precision=fp32", "train.checkpoint_every=0", "cuts_per_user=2",
-                 "depth=20", "max_users=60", "latency_queries=3"]  # fmt: skip
+    overrides = [f"data.model_dir={run_dir}", "train.max_steps=10", "train.warmup_steps=2", "train.log_every=5",
+                 "train.progress=false", "train.precision=fp32", "train.checkpoint_every=0", "batch_size=16",
+                 "cuts_per_user=2", "depth=20", "max_users=60", "latency_queries=3"]  # fmt: skip
     s = item_rerank.run(recipe("cross_rerank_ml1m.yaml", overrides), tmp_path)
-    assert s["train_steps"] == 20 and s["users"] == 60 and 0 <= s["ndcg@10"] <= 1
+    assert s["train_steps"] == 10 and s["users"] == 60 and 0 <= s["ndcg@10"] <= 1
     # both rerankers see the same BERT4Rec candidates: the same retrieval recall
     a, b = s["pipelines"]["cross"]["stages"], s["pipelines"]["bert4rec"]["stages"]
     assert a["retrieve"]["recall@20"] == b["retrieve"]["recall@20"]
@@ -138,3 +147,17 @@ def test_compare_job_reproduces_the_runs_own_metrics(run_dir, tmp_path, protocol
         theirs = np.load(run_dir / "eval" / "negatives_pop100_seed42.npz")
         assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files)
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
+
+
+def test_seqbert_train_binds_the_run_to_the_runs_it_reads(run_dir, tmp_path, monkeypatch):
+    import seqbert.jobs
+
+    table = seqbert.jobs.jobs()
+    table.update({**two_stage.JOBS, **item_rerank.JOBS, **compare.JOBS})  # as the lead's job table will
+    monkeypatch.setattr(seqbert.jobs, "jobs", lambda: table)
+    config, out = ROOT / "recipes" / "compare_rec.yaml", tmp_path / "cmp"
+    run_job(config, out, [f"data.runs={{A: {run_dir}}}"])
+    bound = json.loads((out / "run.json").read_text())
+    assert bound == {"job": "compare", "data": {"runs": {"A": str(run_dir)}}}
+    with pytest.raises(ConfigError, match="choose another --out"):
+        run_job(config, out, [f"data.runs={{A: {run_dir}, B: {run_dir}}}"])
