@@ -89,6 +89,48 @@ def _sort_keys(ties: str) -> tuple[list[str], list[bool]]:
     return ["q", "score", "_gain", "docid"], [False, True, ties == "optimistic", True]
 
 
+def _ranked_order(keys: pl.DataFrame, ties: str) -> np.ndarray:
+    """(N,) permutation putting the lines in ranked order under `ties`, each query's lines contiguous.
+
+    Fast path: a run whose queries are contiguous blocks already in score order (what systems write)
+    needs only its tied stretches re-ordered, an O(N) check plus a sort of the ties. Anything else gets
+    one full sort by (query, score, tie keys).
+    """
+    names, descending = _sort_keys(ties)
+    n = keys.height
+    q, score = keys["q"].to_numpy(), keys["score"].to_numpy()
+    same_q = q[1:] == q[:-1]
+    blocks = int(n - same_q.sum()) if n else 0
+    in_order = (
+        n > 0
+        and blocks == keys["q"].n_unique()  # every query one contiguous block
+        and not np.isnan(score).any()  # a rank-only column is never NaN; a missing score is
+        and bool(np.all(score[1:][same_q] <= score[:-1][same_q]))  # scores non-increasing inside a block
+    )
+    if not in_order:
+        return (
+            keys.select(pl.arg_sort_by(names, descending=descending, nulls_last=True, maintain_order=True))
+            .to_series()
+            .to_numpy()
+        )
+    perm = np.arange(n)
+    tie = same_q & (score[1:] == score[:-1])  # line i + 1 ties with line i
+    if not tie.any():
+        return perm
+    rows = np.unique(np.concatenate([np.flatnonzero(tie), np.flatnonzero(tie) + 1]))  # tied lines, sorted
+    group = np.cumsum(np.concatenate([[True], ~tie]))[rows]  # one id per tied stretch, increasing
+    sub = keys[rows].with_columns(_group=group)
+    order = (
+        sub.select(
+            pl.arg_sort_by(["_group"] + names[2:], descending=[False] + descending[2:], maintain_order=True)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    perm[rows] = rows[order]  # each stretch occupies the same places, now in tie order
+    return perm
+
+
 def align(
     run: Run,
     qrels: Qrels,
@@ -139,26 +181,48 @@ def align(
         warnings.warn(issue.message, stacklevel=2)
 
     qids = sorted(qrels_q if complete else qrels_q & run_q)
-    queries = pl.DataFrame({"qid": qids, "q": np.arange(len(qids), dtype=np.int64)})
-    needed = ["qid", "docid", "score"] + (["rank", "line"] if ties == "rank" else [])
-    rows = run.frame.lazy().select(needed).join(queries.lazy(), on="qid", how="inner")
-    rows = rows.join(qrels.frame.lazy().select("qid", "docid", "grade"), on=["qid", "docid"], how="left")
-    gain = pl.when(pl.col("grade") >= 1).then(pl.col("grade")).otherwise(0.0)
-    keys, descending = _sort_keys(ties)
-    rows = (
-        rows.with_columns(_gain=gain)
-        .drop("qid")
-        .sort(keys, descending=descending, nulls_last=True, maintain_order=True)
-        .with_columns(pos=pl.int_range(pl.len(), dtype=pl.Int64).over("q"))
+    frame = run.frame
+    n = frame.height
+    # query index of every line, as a column of its own (no copy of the run); run-only queries get the
+    # indices after the evaluated ones, so every query keeps its own block
+    order = qids + run_only
+    q = frame.select(
+        pl.col("qid").replace_strict(order, np.arange(len(order)), return_dtype=pl.Int32)
+    ).to_series()
+    # grade of every judged line, found by joining only the (qid, docid) columns with the qrels
+    judged_rows = (
+        frame.select("qid", "docid")
+        .with_row_index("_row")
+        .join(qrels.frame.select("qid", "docid", "grade"), on=["qid", "docid"], how="inner")
     )
-    if depth is not None:
-        rows = rows.filter(pl.col("pos") < depth)
-    rows = rows.collect()
-    hits = rows.filter(pl.col("_gain") > 0)
-
+    gain = np.zeros(n)
+    grade = judged_rows["grade"].to_numpy()
+    gain[judged_rows["_row"].to_numpy()] = np.where(grade >= 1, grade, 0.0)  # relevant iff grade >= 1
+    keys = pl.DataFrame({"q": q, "score": frame["score"], "docid": frame["docid"]})
+    if ties == "rank":
+        keys = keys.with_columns(frame["rank"], frame["line"])
+    if ties in ("optimistic", "pessimistic"):
+        keys = keys.with_columns(_gain=gain)
+    perm = _ranked_order(keys, ties)  # (N,) lines in ranked order, each query's lines contiguous
+    del keys
+    qs = q.to_numpy()[perm]  # (N,) query of each ranked line
+    first = np.ones(n, dtype=bool)
+    first[1:] = qs[1:] != qs[:-1]
+    pos = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))  # (N,) 0-based rank
+    inside = qs < len(qids) if depth is None else (qs < len(qids)) & (pos < depth)
+    hit = np.flatnonzero(inside & (gain[perm] > 0))
+    hit = hit[np.lexsort((pos[hit], qs[hit]))]  # by (query, position): queries may come in file order
+    top_rows = np.flatnonzero(inside if keep is None else inside & (pos < keep))
+    top = pl.DataFrame(
+        {
+            "q": qs[top_rows].astype(np.int64),
+            "pos": pos[top_rows],
+            "docid": frame["docid"].gather(perm[top_rows]),
+        }
+    )
     # dense views: qrels (Q, R) and the first `keep` positions of the run (Q, K)
+    queries = pl.DataFrame({"qid": qids, "q": np.arange(len(qids), dtype=np.int64)})
     judged = qrels.frame.join(queries, on="qid", how="inner").sort(["q", "line"])
-    top = rows if keep is None else rows.filter(pl.col("pos") < keep)
     docs = pl.concat([judged["docid"], top["docid"]]).unique(maintain_order=True)
     code = pl.DataFrame({"docid": docs, "code": np.arange(len(docs), dtype=np.int64)})
     judged = judged.join(code, on="docid", how="left", maintain_order="left")
@@ -184,9 +248,9 @@ def align(
         complete,
         missing,
         run_only,
-        hits["q"].to_numpy().astype(np.int64),
-        hits["pos"].to_numpy().astype(np.int64),
-        hits["_gain"].to_numpy().astype(np.float64),
+        qs[hit].astype(np.int64),
+        pos[hit].astype(np.int64),
+        gain[perm[hit]],
     )
 
 
