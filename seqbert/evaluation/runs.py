@@ -189,35 +189,59 @@ def align(
     q = frame.select(
         pl.col("qid").replace_strict(order, np.arange(len(order)), return_dtype=pl.Int32)
     ).to_series()
-    # grade of every judged line, found by joining only the (qid, docid) columns with the qrels
+    # the judged lines: a cheap membership filter on docid first, so the join sees only candidates
+    judged_docs = qrels.frame["docid"].unique().implode()
     judged_rows = (
         frame.select("qid", "docid")
         .with_row_index("_row")
+        .filter(pl.col("docid").is_in(judged_docs))
         .join(qrels.frame.select("qid", "docid", "grade"), on=["qid", "docid"], how="inner")
     )
-    gain = np.zeros(n)
     grade = judged_rows["grade"].to_numpy()
-    gain[judged_rows["_row"].to_numpy()] = np.where(grade >= 1, grade, 0.0)  # relevant iff grade >= 1
+    relevant = judged_rows["_row"].to_numpy()[grade >= 1]  # relevant iff grade >= 1 (trec_eval)
+    relevant_gain = grade[grade >= 1]
     keys = pl.DataFrame({"q": q, "score": frame["score"], "docid": frame["docid"]})
     if ties == "rank":
         keys = keys.with_columns(frame["rank"], frame["line"])
     if ties in ("optimistic", "pessimistic"):
+        gain = np.zeros(n)
+        gain[relevant] = relevant_gain
         keys = keys.with_columns(_gain=gain)
+        del gain
     perm = _ranked_order(keys, ties)  # (N,) lines in ranked order, each query's lines contiguous
     del keys
+    # block starts in ranked order; a line's position = its ranked index - its block's start. Only the
+    # relevant lines (and the first `keep` of each block) need one, so no (N,) position array is built.
     qs = q.to_numpy()[perm]  # (N,) query of each ranked line
-    first = np.ones(n, dtype=bool)
-    first[1:] = qs[1:] != qs[:-1]
-    pos = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))  # (N,) 0-based rank
-    inside = qs < len(qids) if depth is None else (qs < len(qids)) & (pos < depth)
-    hit = np.flatnonzero(inside & (gain[perm] > 0))
-    hit = hit[np.lexsort((pos[hit], qs[hit]))]  # by (query, position): queries may come in file order
-    top_rows = np.flatnonzero(inside if keep is None else inside & (pos < keep))
+    starts = np.concatenate([[0], np.flatnonzero(qs[1:] != qs[:-1]) + 1])  # (B,) one per query block
+    ends = np.append(starts[1:], n)
+    block_q = qs[starts] if n else np.zeros(0, dtype=np.int32)
+    del qs
+    evaluated = block_q < len(qids)
+    is_relevant = np.zeros(n, dtype=bool)
+    is_relevant[relevant] = True
+    ranked_hit = np.flatnonzero(is_relevant[perm])  # ranked indices of the relevant lines
+    del is_relevant
+    block = np.searchsorted(starts, ranked_hit, side="right") - 1
+    hit_pos = ranked_hit - starts[block]
+    keep_hit = evaluated[block] & (True if depth is None else hit_pos < depth)
+    gain_of = dict(zip(relevant.tolist(), relevant_gain.tolist()))
+    hit_query, hit_pos = block_q[block][keep_hit].astype(np.int64), hit_pos[keep_hit].astype(np.int64)
+    hit_grade = np.array([gain_of[r] for r in perm[ranked_hit[keep_hit]].tolist()], dtype=np.float64)
+    order = np.lexsort((hit_pos, hit_query))  # by (query, position): blocks may come in file order
+    hit_query, hit_pos, hit_grade = hit_query[order], hit_pos[order], hit_grade[order]
+    # the first `keep` lines of every evaluated block (all of them when keep is None), for `ranked`
+    limit = ends - starts if keep is None else np.minimum(ends - starts, keep)
+    if depth is not None:
+        limit = np.minimum(limit, depth)
+    limit = np.where(evaluated, limit, 0)
+    top_pos = np.arange(limit.sum()) - np.repeat(np.cumsum(limit) - limit, limit)
+    top_ranked = np.repeat(starts, limit) + top_pos
     top = pl.DataFrame(
         {
-            "q": qs[top_rows].astype(np.int64),
-            "pos": pos[top_rows],
-            "docid": frame["docid"].gather(perm[top_rows]),
+            "q": np.repeat(block_q, limit).astype(np.int64),
+            "pos": top_pos.astype(np.int64),
+            "docid": frame["docid"].gather(perm[top_ranked]),
         }
     )
     # dense views: qrels (Q, R) and the first `keep` positions of the run (Q, K)
@@ -248,9 +272,9 @@ def align(
         complete,
         missing,
         run_only,
-        qs[hit].astype(np.int64),
-        pos[hit].astype(np.int64),
-        gain[perm[hit]],
+        hit_query,
+        hit_pos,
+        hit_grade,
     )
 
 
