@@ -14,6 +14,15 @@ Writes benchmarks/results/evaluation.json:
 - scale: 1 M users x 100 k items, random top-100 lists per user streamed in chunks through evaluate_ranked,
   run in a child process so its peak RSS (getrusage) is its own. full_ranking_scale: evaluate_ranking on
   20 k users x 100 k items with random scores made inside score_fn (that time is subtracted).
+- trec_eval_parity: per-query max |seqbert - trec_eval| (pytrec_eval) over every exposed measure at cut-offs
+  1..100 on three random run/qrels sets of 2,200 query ids with ties, contradicting rank columns,
+  shuffled or score-ordered lines, qrels-only / run-only queries and grades 0-3, under both means.
+- scale_10m: `seqbert evaluate` on a 10 M-line TREC run (10,000 queries x 1,000 documents, written in
+  score order per query as systems do, scores to 3 decimals so ties are common) in a child process:
+  wall and CPU seconds and peak RSS from os.wait4; read_floor_seconds is a bare polars read_csv of the
+  same file in its own child, the I/O floor any evaluator pays (ratio = seconds / read floor).
+
+    nice .venv/bin/python benchmarks/bench_eval.py --only trec   # just the two above (~2-5 minutes)
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -199,9 +209,137 @@ def scale_child(users: int, items: int, chunk: int) -> dict:
     }  # fmt: skip
 
 
+def trec_eval_parity() -> dict:
+    """Max per-query |ours - pytrec_eval| on the three random sets of tests/evaluation/test_trec_parity."""
+    import pytrec_eval
+
+    from seqbert.data.synthetic import random_trec_case
+    from seqbert.evaluation.metrics import trec_name
+    from seqbert.evaluation.runs import align, evaluate_aligned, read_qrels, read_run
+
+    ks = (1, 2, 3, 5, 10, 20, 50, 100)
+    cut = ",".join(map(str, ks))
+    measures = {f"{f}.{cut}" for f in ("ndcg_cut", "P", "recall", "success", "map_cut")} | {
+        "map",
+        "recip_rank",
+    }
+    queries = tied = 0
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, shuffle in ((0, True), (1, True), (2, False)):
+            case = random_trec_case(2200, seed=seed, shuffle=shuffle)
+            run_path, qrels_path = Path(tmp) / "run", Path(tmp) / "qrels"
+            run_path.write_text("\n".join(case.run_lines) + "\n")
+            qrels_path.write_text("\n".join(case.qrels_lines) + "\n")
+            qrels: dict[str, dict[str, int]] = {}
+            for line in case.qrels_lines:
+                q, _, d, g = line.split()
+                qrels.setdefault(q, {})[d] = int(g)
+            run: dict[str, dict[str, float]] = {}
+            for line in case.run_lines:
+                q, _, d, _, sc, _ = line.split()
+                run.setdefault(q, {})[d] = float(sc)
+            ref = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+            ours_run, ours_qrels = read_run(run_path), read_qrels(qrels_path)
+            for complete in (False, True):
+                aligned = align(ours_run, ours_qrels, complete=complete)
+                for key, values in evaluate_aligned(aligned, ks).items():
+                    want = np.array([ref[q][trec_name(key)] if q in ref else 0.0 for q in aligned.qids])
+                    worst = max(worst, float(np.abs(values - want).max()))
+            queries += len(aligned.qids)  # the -c set: every qrels query
+            tied += case.tied_queries
+    return {
+        "queries": queries,
+        "tied_queries": tied,
+        "max_abs_diff": worst,
+        "measures": ["ndcg_cut_k", "P_k", "recall_k", "success_k", "map_cut_k", "map", "recip_rank"],
+        "cutoffs": list(ks),
+        "means": ["ignore_missing (trec_eval)", "complete (trec_eval -c)"],
+        "reference": f"pytrec_eval-terrier {_version('pytrec-eval-terrier')} (trec_eval 9)",
+    }
+
+
+def _write_10m(run_path: Path, qrels_path: Path, queries: int = 10_000, depth: int = 1_000) -> None:
+    """A 10 M-line TREC run in score order per query (3-decimal scores: ties) and 5 judgements per query."""
+    import polars as pl
+
+    rng = np.random.default_rng(4)
+    score = -np.sort(-np.round(rng.normal(size=(queries, depth)), 3), axis=1).ravel()
+    q = np.repeat(np.arange(queries), depth)
+    doc = (q * 7919 + np.tile(np.arange(depth), queries) * 104729) % 5_000_003  # distinct per query
+    pl.DataFrame(
+        {
+            "qid": q,
+            "q0": "Q0",
+            "docid": pl.Series(doc).cast(pl.String).str.replace(r"^", "D"),
+            "rank": np.tile(np.arange(1, depth + 1), queries),
+            "score": score,
+            "tag": "bench",
+        }
+    ).write_csv(run_path, separator=" ", include_header=False)
+    jq = np.repeat(np.arange(queries), 5)
+    # half of the judged documents were retrieved (j < depth), half not
+    jdoc = (jq * 7919 + rng.integers(0, 2 * depth, size=5 * queries) * 104729) % 5_000_003
+    pl.DataFrame({"qid": jq, "iter": 0, "docid": pl.Series(jdoc).cast(pl.String).str.replace(r"^", "D"), "rel": rng.integers(0, 4, size=5 * queries)}).unique(["qid", "docid"], keep="first", maintain_order=True).write_csv(qrels_path, separator=" ", include_header=False)  # fmt: skip
+
+
+def _child_usage(cmd: list[str]) -> dict:
+    """Run cmd; its own wall seconds, CPU seconds and peak RSS (os.wait4 reports that child alone)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t
+    if status != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
+    return {
+        "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def scale_10m() -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="seqbert_bench_eval_"))
+    run_path, qrels_path = tmp / "run10m.trec", tmp / "qrels.txt"
+    _write_10m(run_path, qrels_path)
+    cmd = [sys.executable, "-m", "seqbert.cli", "evaluate", "--run", f"sys={run_path}", "--qrels",
+           str(qrels_path), "--out", str(tmp / "report"), "--resamples", "1000"]  # fmt: skip
+    ours = _child_usage(cmd)
+    floor = _child_usage([sys.executable, "-c", f"import polars as pl; pl.read_csv({str(run_path)!r}, separator=' ', has_header=False)"])  # fmt: skip
+    metrics = json.loads((tmp / "report" / "metrics.json").read_text())["runs"]["sys"]
+    out = {
+        **ours,
+        "lines": 10_000_000,
+        "file_mb": run_path.stat().st_size / 2**20,
+        "queries": metrics["n"],
+        "read_floor_seconds": floor["seconds"],
+        "read_floor_peak_rss_mb": floor["peak_rss_mb"],
+        "seconds_over_read_floor": ours["seconds"] / floor["seconds"],
+        "ndcg@10": metrics["metrics"]["ndcg@10"]["mean"],
+        "command": "seqbert evaluate --run sys=RUN --qrels QRELS --out DIR --resamples 1000 (defaults: ks 1,5,10,20, trec_eval ties)",
+        "load_average_1m": os.getloadavg()[0],
+    }
+    for p in (run_path, qrels_path):
+        p.unlink()
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--scale-child":
         print(json.dumps(scale_child(1_000_000, 100_000, 50_000)))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--only" and sys.argv[2:] == ["trec"]:
+        from seqbert.training.checkpoint import merge_json
+
+        warnings.filterwarnings("ignore")  # the sets' qrels-only / run-only warnings, by design
+        out = Path(__file__).parent / "results" / "evaluation.json"
+        parity = trec_eval_parity()
+        print(json.dumps(parity), flush=True)
+        merge_json(out, "trec_eval_parity", parity)
+        scale = scale_10m()
+        print(json.dumps(scale), flush=True)
+        merge_json(out, "scale_10m", scale)
+        print(f"wrote {out}")
         return
     warnings.filterwarnings("ignore")  # numba type-safety chatter from ranx
     out = Path(__file__).parent / "results" / "evaluation.json"
@@ -230,6 +368,8 @@ def main() -> None:
         "machine": {"load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "command": "nice .venv/bin/python benchmarks/bench_eval.py",
     }  # fmt: skip
+    result["trec_eval_parity"] = trec_eval_parity()
+    result["scale_10m"] = scale_10m()
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"speed vs ranx: ours {speed['ours_seconds']:.2f}s, ranx {speed['ranx_seconds']:.2f}s -> ratio {result['speed_vs_reference']:.1f}x"

@@ -58,13 +58,16 @@ class TrecCase:
     run_only: list[str]  # run queries with no judgement
 
 
-def random_trec_case(num_queries: int = 2000, seed: int = 0, max_docs: int = 60) -> TrecCase:
+def random_trec_case(
+    num_queries: int = 2000, seed: int = 0, max_docs: int = 60, shuffle: bool = True
+) -> TrecCase:
     """A random run and qrels with the traps that separate evaluators from trec_eval.
 
     - ties: ~10 % of queries have scores rounded to integers (many ties), ~2 % a constant score;
     - the rank column is a random permutation, contradicting the scores;
-    - lines are shuffled across queries; doc ids are unpadded numbers with mixed prefixes, so string
-      order differs from numeric order ("100" < "99");
+    - lines are shuffled across queries (shuffle=False: each query one block in score order, as systems
+      write them, tied lines in random order, queries in random order); doc ids are unpadded numbers
+      with mixed prefixes, so string order differs from numeric order ("100" < "99");
     - ~5 % qrels-only and ~5 % run-only queries; ~5 % of judged queries have no relevant document;
     - grades 0-3, judged documents both retrieved and not retrieved.
     Built with numpy over all lines at once (no loop per line), so 10^5 lines take well under a second.
@@ -91,7 +94,10 @@ def random_trec_case(num_queries: int = 2000, seed: int = 0, max_docs: int = 60)
     rank = rng.permutation(len(q)) + 1  # contradicts the scores
     run = np.char.add(np.char.add(qids[q], " Q0 "), names[q, pos])
     run = [f"{head} {r} {s!r} sys" for head, r, s in zip(run.tolist(), rank.tolist(), score.tolist())]
-    order = rng.permutation(len(run))
+    if shuffle:
+        order = rng.permutation(len(run))
+    else:  # blocks by query (in random query order), score descending, ties in random order
+        order = np.lexsort((rng.random(len(q)), -score, rng.permutation(num_queries)[q]))
     run_lines = [run[i] for i in order]
     # ties: equal scores inside one query
     o = np.lexsort((score, q))

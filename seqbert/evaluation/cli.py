@@ -126,7 +126,7 @@ def _parse_measures(text: str) -> list[str]:
         try:
             key = parse_measure(name)
         except ValueError as err:
-            raise SystemExit(f"--measures: {err}") from None
+            raise ValueError(f"--measures: {err}") from None
         if key not in keys:
             keys.append(key)
     return keys
@@ -170,7 +170,7 @@ def _popularity_terciles(rel_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate every --run against --qrels and write the report to --out; returns the exit code."""
     if args.measures and args.ks:
-        raise SystemExit("--measures and --ks: give one of them (--measures names each cut-off)")
+        raise ValueError("--measures and --ks: give one of them (--measures names each cut-off)")
     if args.measures:
         keys = _parse_measures(args.measures)
         ks = _cutoffs(keys)
@@ -178,9 +178,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         ks = _parse_ks(args.ks or "1,5,10,20")
         keys = [f"{m}@{k}" for k in ks for m in ("hr", "recall", "precision", "ndcg", "map")] + ["mrr", "map"]
     if args.depth is not None and args.depth < 1:
-        raise SystemExit(f"--depth must be >= 1 (omit it to keep whole runs), got {args.depth}")
+        raise ValueError(f"--depth must be >= 1 (omit it to keep whole runs), got {args.depth}")
     if args.per_query and Path(args.per_query).suffix not in (".json", ".txt"):
-        raise SystemExit(f"--per-query: expected a .json or .txt path, got {args.per_query!r}")
+        raise ValueError(f"--per-query: expected a .json or .txt path, got {args.per_query!r}")
     runs: dict[str, str] = {}
     for spec in args.run:
         name, sep, file = spec.partition("=")

@@ -89,6 +89,48 @@ def _sort_keys(ties: str) -> tuple[list[str], list[bool]]:
     return ["q", "score", "_gain", "docid"], [False, True, ties == "optimistic", True]
 
 
+def _ranked_order(keys: pl.DataFrame, ties: str) -> np.ndarray:
+    """(N,) permutation putting the lines in ranked order under `ties`, each query's lines contiguous.
+
+    Fast path: a run whose queries are contiguous blocks already in score order (what systems write)
+    needs only its tied stretches re-ordered, an O(N) check plus a sort of the ties. Anything else gets
+    one full sort by (query, score, tie keys).
+    """
+    names, descending = _sort_keys(ties)
+    n = keys.height
+    q, score = keys["q"].to_numpy(), keys["score"].to_numpy()
+    same_q = q[1:] == q[:-1]
+    blocks = int(n - same_q.sum()) if n else 0
+    in_order = (
+        n > 0
+        and blocks == keys["q"].n_unique()  # every query one contiguous block
+        and not np.isnan(score).any()  # a rank-only column is never NaN; a missing score is
+        and bool(np.all(score[1:][same_q] <= score[:-1][same_q]))  # scores non-increasing inside a block
+    )
+    if not in_order:
+        return (
+            keys.select(pl.arg_sort_by(names, descending=descending, nulls_last=True, maintain_order=True))
+            .to_series()
+            .to_numpy()
+        )
+    perm = np.arange(n)
+    tie = same_q & (score[1:] == score[:-1])  # line i + 1 ties with line i
+    if not tie.any():
+        return perm
+    rows = np.unique(np.concatenate([np.flatnonzero(tie), np.flatnonzero(tie) + 1]))  # tied lines, sorted
+    group = np.cumsum(np.concatenate([[True], ~tie]))[rows]  # one id per tied stretch, increasing
+    sub = keys[rows].with_columns(_group=group)
+    order = (
+        sub.select(
+            pl.arg_sort_by(["_group"] + names[2:], descending=[False] + descending[2:], maintain_order=True)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    perm[rows] = rows[order]  # each stretch occupies the same places, now in tie order
+    return perm
+
+
 def align(
     run: Run,
     qrels: Qrels,
@@ -139,26 +181,72 @@ def align(
         warnings.warn(issue.message, stacklevel=2)
 
     qids = sorted(qrels_q if complete else qrels_q & run_q)
-    queries = pl.DataFrame({"qid": qids, "q": np.arange(len(qids), dtype=np.int64)})
-    needed = ["qid", "docid", "score"] + (["rank", "line"] if ties == "rank" else [])
-    rows = run.frame.lazy().select(needed).join(queries.lazy(), on="qid", how="inner")
-    rows = rows.join(qrels.frame.lazy().select("qid", "docid", "grade"), on=["qid", "docid"], how="left")
-    gain = pl.when(pl.col("grade") >= 1).then(pl.col("grade")).otherwise(0.0)
-    keys, descending = _sort_keys(ties)
-    rows = (
-        rows.with_columns(_gain=gain)
-        .drop("qid")
-        .sort(keys, descending=descending, nulls_last=True, maintain_order=True)
-        .with_columns(pos=pl.int_range(pl.len(), dtype=pl.Int64).over("q"))
+    frame = run.frame
+    n = frame.height
+    # query index of every line, as a column of its own (no copy of the run); run-only queries get the
+    # indices after the evaluated ones, so every query keeps its own block
+    order = qids + run_only
+    q = frame.select(
+        pl.col("qid").replace_strict(order, np.arange(len(order)), return_dtype=pl.Int32)
+    ).to_series()
+    # the judged lines: a cheap membership filter on docid first, so the join sees only candidates
+    judged_docs = qrels.frame["docid"].unique().implode()
+    judged_rows = (
+        frame.select("qid", "docid")
+        .with_row_index("_row")
+        .filter(pl.col("docid").is_in(judged_docs))
+        .join(qrels.frame.select("qid", "docid", "grade"), on=["qid", "docid"], how="inner")
     )
+    grade = judged_rows["grade"].to_numpy()
+    relevant = judged_rows["_row"].to_numpy()[grade >= 1]  # relevant iff grade >= 1 (trec_eval)
+    relevant_gain = grade[grade >= 1]
+    keys = pl.DataFrame({"q": q, "score": frame["score"], "docid": frame["docid"]})
+    if ties == "rank":
+        keys = keys.with_columns(frame["rank"], frame["line"])
+    if ties in ("optimistic", "pessimistic"):
+        gain = np.zeros(n)
+        gain[relevant] = relevant_gain
+        keys = keys.with_columns(_gain=gain)
+        del gain
+    perm = _ranked_order(keys, ties)  # (N,) lines in ranked order, each query's lines contiguous
+    del keys
+    # block starts in ranked order; a line's position = its ranked index - its block's start. Only the
+    # relevant lines (and the first `keep` of each block) need one, so no (N,) position array is built.
+    qs = q.to_numpy()[perm]  # (N,) query of each ranked line
+    starts = np.concatenate([[0], np.flatnonzero(qs[1:] != qs[:-1]) + 1])  # (B,) one per query block
+    ends = np.append(starts[1:], n)
+    block_q = qs[starts] if n else np.zeros(0, dtype=np.int32)
+    del qs
+    evaluated = block_q < len(qids)
+    is_relevant = np.zeros(n, dtype=bool)
+    is_relevant[relevant] = True
+    ranked_hit = np.flatnonzero(is_relevant[perm])  # ranked indices of the relevant lines
+    del is_relevant
+    block = np.searchsorted(starts, ranked_hit, side="right") - 1
+    hit_pos = ranked_hit - starts[block]
+    keep_hit = evaluated[block] & (True if depth is None else hit_pos < depth)
+    gain_of = dict(zip(relevant.tolist(), relevant_gain.tolist()))
+    hit_query, hit_pos = block_q[block][keep_hit].astype(np.int64), hit_pos[keep_hit].astype(np.int64)
+    hit_grade = np.array([gain_of[r] for r in perm[ranked_hit[keep_hit]].tolist()], dtype=np.float64)
+    order = np.lexsort((hit_pos, hit_query))  # by (query, position): blocks may come in file order
+    hit_query, hit_pos, hit_grade = hit_query[order], hit_pos[order], hit_grade[order]
+    # the first `keep` lines of every evaluated block (all of them when keep is None), for `ranked`
+    limit = ends - starts if keep is None else np.minimum(ends - starts, keep)
     if depth is not None:
-        rows = rows.filter(pl.col("pos") < depth)
-    rows = rows.collect()
-    hits = rows.filter(pl.col("_gain") > 0)
-
+        limit = np.minimum(limit, depth)
+    limit = np.where(evaluated, limit, 0)
+    top_pos = np.arange(limit.sum()) - np.repeat(np.cumsum(limit) - limit, limit)
+    top_ranked = np.repeat(starts, limit) + top_pos
+    top = pl.DataFrame(
+        {
+            "q": np.repeat(block_q, limit).astype(np.int64),
+            "pos": top_pos.astype(np.int64),
+            "docid": frame["docid"].gather(perm[top_ranked]),
+        }
+    )
     # dense views: qrels (Q, R) and the first `keep` positions of the run (Q, K)
+    queries = pl.DataFrame({"qid": qids, "q": np.arange(len(qids), dtype=np.int64)})
     judged = qrels.frame.join(queries, on="qid", how="inner").sort(["q", "line"])
-    top = rows if keep is None else rows.filter(pl.col("pos") < keep)
     docs = pl.concat([judged["docid"], top["docid"]]).unique(maintain_order=True)
     code = pl.DataFrame({"docid": docs, "code": np.arange(len(docs), dtype=np.int64)})
     judged = judged.join(code, on="docid", how="left", maintain_order="left")
@@ -184,9 +272,9 @@ def align(
         complete,
         missing,
         run_only,
-        hits["q"].to_numpy().astype(np.int64),
-        hits["pos"].to_numpy().astype(np.int64),
-        hits["_gain"].to_numpy().astype(np.float64),
+        hit_query,
+        hit_pos,
+        hit_grade,
     )
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+
+from seqbert.data import trec
 
 
 @dataclass(frozen=True)
@@ -44,25 +47,19 @@ def _read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """`query-id \\t corpus-id \\t score` with a header line -> {query id: {doc id: score}}."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing qrels file")
+    """`query-id \\t corpus-id \\t score` (header optional) -> {query id: {doc id: score}}.
+
+    Parsed by `seqbert.data.trec.read_qrels`, the one qrels reader (malformed and duplicate lines are
+    errors naming file and line); BEIR grades must be integers.
+    """
+    frame = trec.read_qrels(Path(path)).frame
+    fractional = frame.filter(pl.col("grade") != pl.col("grade").round())
+    if fractional.height:
+        line, grade = fractional.row(0, named=True)["line"], fractional.row(0, named=True)["grade"]
+        raise ValueError(f"{path}:{line}: score {grade!r} is not an integer")
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.rstrip("\r\n").split("\t")
-            if n == 1 and parts[0] == "query-id":
-                continue
-            if parts == [""]:
-                continue
-            if len(parts) != 3:
-                raise ValueError(f"{path}:{n}: expected 3 tab-separated fields (query-id, corpus-id, score)")
-            try:
-                score = int(parts[2])
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: score {parts[2]!r} is not an integer") from e
-            qrels.setdefault(parts[0], {})[parts[1]] = score
+    for qid, doc, grade in frame.select("qid", "docid", "grade").iter_rows():
+        qrels.setdefault(qid, {})[doc] = int(grade)
     return qrels
 
 

@@ -120,3 +120,27 @@ def test_report_imports_matplotlib_lazily_and_never_switches_the_backend(tmp_pat
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "metric_at_k.png").stat().st_size > 1000
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    from seqbert.cli import main as seqbert_main
+
+    paths = _runs_and_qrels(tmp_path)
+    base = ["evaluate", "--run", f"a={paths['good']}", "--qrels", str(tmp_path / "qrels.txt")]
+    base += ["--out", str(tmp_path / "o")]
+    cases = {
+        "--depth must be >= 1": ["--depth", "-1"],
+        "unknown measure 'nDCG'": ["--measures", "nDCG,RR"],
+        "give one of them": ["--measures", "RR", "--ks", "5"],
+        "expected a .json or .txt": ["--per-query", str(tmp_path / "pq.csv")],
+    }
+    for message, extra in cases.items():
+        assert seqbert_main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    # through the seqbert command: a missing query under --strict is one line on stderr, exit 2
+    (tmp_path / "more.txt").write_text((tmp_path / "qrels.txt").read_text() + "q999 0 d1 1\n")
+    strict = ["evaluate", "--run", f"a={paths['good']}", "--qrels", str(tmp_path / "more.txt")]
+    assert seqbert_main(strict + ["--out", str(tmp_path / "s"), "--strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 qrels query with no line in the run" in err

@@ -110,3 +110,35 @@ def test_csv_and_parquet_runs(tmp_path):
     np.testing.assert_array_equal(
         evaluate_ranked(a.ranked, a.rel_ids, a.rel_grades, ks=(1,))["hr@1"], [1.0, 1.0]
     )
+
+
+@pytest.mark.parametrize("ties", ["trec_eval", "rank", "optimistic", "pessimistic"])
+def test_score_ordered_fast_path_equals_the_full_sort(ties):
+    """A run already in score order per query block only re-sorts its ties; same order as a full sort."""
+    from seqbert.evaluation.runs import _ranked_order, _sort_keys
+
+    rng = np.random.default_rng(4)
+    sizes = rng.integers(1, 40, size=300)
+    q = np.repeat(rng.permutation(300), sizes).astype(np.int32)  # blocks in random query order
+    score = np.concatenate([-np.sort(-np.round(rng.normal(size=n), 1)) for n in sizes])  # many ties
+    n = len(q)
+    keys = pl.DataFrame(
+        {
+            "q": q,
+            "score": score,
+            "docid": rng.integers(0, 10**6, size=n).astype(str),
+            "rank": rng.permutation(n).astype(float),
+            "line": np.arange(1, n + 1),
+            "_gain": rng.integers(0, 3, size=n).astype(float),
+        }
+    )
+    names, descending = _sort_keys(ties)
+    full = (
+        keys.select(pl.arg_sort_by(names, descending=descending, maintain_order=True)).to_series().to_numpy()
+    )
+    fast = _ranked_order(keys, ties)
+    # same lines in the same places once queries are compared by block (the fast path keeps file order)
+    block_order = {b: i for i, b in enumerate(dict.fromkeys(q.tolist()))}
+    by_block = np.argsort([block_order[x] for x in q[full]], kind="stable")
+    np.testing.assert_array_equal(fast, full[by_block])
+    assert not np.array_equal(fast, np.arange(n))  # ties were re-ordered
