@@ -345,9 +345,13 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
 
     model = build_model(cfg, V)
     windows = training_windows(ds.train_sequences, cfg.task)  # (N, W)
+    batch_size = cfg.batch_size
+    if len(windows) < batch_size:  # a small log still trains: one batch of every window
+        log.warning("only %d training windows: batch_size %d -> %d", len(windows), batch_size, len(windows))
+        batch_size = len(windows)
     source = TensorBatchSource(
         {"items": windows},
-        cfg.batch_size,
+        batch_size,
         seed=cfg.train.seed,
         collate=make_collate(cfg.task, V),
         lengths=(windows != PAD_ID).sum(1),
