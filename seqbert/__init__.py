@@ -4,9 +4,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # `from seqbert import Recommender` without importing torch for `import seqbert`
+    # `from seqbert import Recommender, TextModel` without importing torch for `import seqbert`
     if name == "Recommender":
         from seqbert.recommender import Recommender
 
         return Recommender
+    if name == "TextModel":
+        from seqbert.text_model import TextModel
+
+        return TextModel
     raise AttributeError(f"module 'seqbert' has no attribute {name!r}")

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_pipeline_parser(sub)
     try:
-        from seqbert.tasks.text import add_text_parsers
+        from seqbert.text_model import add_text_parsers
     except ImportError:  # text extras missing: the other commands still work
         add_text_parsers = None
     if add_text_parsers is not None:

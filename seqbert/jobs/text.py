@@ -22,7 +22,8 @@ import torch
 from seqbert.data.glue import CONLL_TAGS, read_conll, read_mrpc, read_sst2
 from seqbert.jobs import Job, text_pretrain, text_rerank
 from seqbert.jobs.text_io import data_path, write_metrics
-from seqbert.tasks.text import MODEL_DIR, TextModel
+from seqbert.tasks.text import MODEL_DIR
+from seqbert.text_model import TextModel
 from seqbert.training.loop import TrainConfig
 
 # dataset -> (reader, default train file, default eval file, class names)

@@ -33,7 +33,8 @@ from seqbert.data.text import (
 from seqbert.jobs.text_io import data_path, write_metrics
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForPreTraining, PreTrainingOutput, gather_masked
-from seqbert.tasks.text import MODEL_DIR, evaluate_pretraining, pretraining_collate, save_pretrained
+from seqbert.tasks.text import MODEL_DIR, pretraining_collate
+from seqbert.text_model import evaluate_pretraining, save_pretrained
 from seqbert.training.data import TensorBatchSource
 from seqbert.training.loop import TrainConfig, train
 

@@ -15,7 +15,8 @@ from seqbert.jobs.text_pretrain import D2LLoss
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForPreTraining
 from seqbert.model.hf import save_hf_model
-from seqbert.tasks.text import TextModel, minilm_dir
+from seqbert.tasks.text import minilm_dir
+from seqbert.text_model import TextModel
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 WORDS = "the a cat dog bird sat ran flew on over under mat log house red big small good bad movie".split()

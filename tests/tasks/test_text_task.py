@@ -14,22 +14,24 @@ from seqbert.data.text import encode_texts, load_tokenizer, special_ids
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import IGNORE_INDEX, BertForPreTraining
 from seqbert.tasks.text import (
-    TextModel,
     TextTask,
-    add_text_parsers,
     build_classifier,
     classification_collate,
+    minilm_dir,
+    pretraining_collate,
+    trim_batch,
+)
+from seqbert.text_model import (
+    TextModel,
+    add_text_parsers,
     classification_scores,
     evaluate_classification,
     evaluate_pretraining,
     init_classifier,
     load_backbone,
     load_text_model,
-    minilm_dir,
     predict,
-    pretraining_collate,
     save_pretrained,
-    trim_batch,
     word_tags,
 )
 
