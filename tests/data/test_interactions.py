@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from seqbert.data import cli
+from seqbert import cli
 from seqbert.data import interactions as inter
 from seqbert.data.vocab import NO_TARGET
 
@@ -371,6 +371,7 @@ def test_ml1m_counts_and_order_match_the_file(tmp_path):
     )
     stats = inter.load_stats(tmp_path)
     assert (stats["users"], stats["items"], stats["interactions"]) == (6040, 3416, 999_611)
+    assert stats["repeat_rate"] == 0.0  # ML-1M in the SASRec form has no repeated (user, item) pairs
     ds = inter.load_prepared(tmp_path)
     reference: dict[str, list[str]] = {}  # plain-Python reading: line order is the time order
     for line in path.read_text().splitlines():
@@ -394,3 +395,10 @@ def test_real_counts(tmp_path, name, relative, counts):
     assert cli.main(["data", "prepare", name, "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     stats = inter.load_stats(tmp_path)
     assert (stats["users"], stats["items"], stats["interactions"]) == counts
+
+
+def test_repeat_rate_counts_targets_already_in_the_history():
+    histories = [np.array([3, 4, 5]), np.array([6]), np.array([7, 8]), np.array([9])]
+    targets = np.array([4, 7, NO_TARGET, 9])  # a repeat, a new item, no target, a repeat
+    assert inter.repeat_rate(histories, targets) == pytest.approx(2 / 3)
+    assert inter.repeat_rate([], np.array([], dtype=np.int64)) == 0.0
