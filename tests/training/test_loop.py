@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import seqbert.training.checkpoint as ckpt
+import seqbert.training.loop as loop
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import BertForSequenceClassification
 from seqbert.training import NonFiniteLossError, TensorBatchSource, TrainConfig, train
@@ -389,3 +390,33 @@ def test_damaged_best_checkpoint_falls_back_to_the_best_valid_one(tmp_path, capl
     assert "step-00000004/model.safetensors: tensor 'hidden.bias' holds 1 NaN/Inf" in caplog.text
     assert "set aside as damaged by an earlier call" in caplog.text  # the retry's message
     assert (tmp_path / "checkpoints" / "step-00000004.corrupt").is_dir()
+
+
+def test_malloc_reuse_sets_and_restores_glibc_limits(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeGlibc:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("malloc_trim", pad))
+            return 1
+
+    monkeypatch.setattr(loop, "_GLIBC", FakeGlibc())
+    train(fresh(), regression_source(), config(max_steps=2, log_every=100), tmp_path / "off")
+    assert calls == [("malloc_trim", 0)]  # only the trim at the final log line
+    calls.clear()
+    train(
+        fresh(), regression_source(), config(max_steps=2, log_every=100, malloc_reuse=True), tmp_path / "on"
+    )
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    assert calls == [
+        ("mallopt", M_MMAP_MAX, 0),
+        ("mallopt", M_TRIM_THRESHOLD, 2**31 - 1),
+        ("malloc_trim", 0),
+        ("mallopt", M_TRIM_THRESHOLD, 128 * 1024),
+        ("mallopt", M_MMAP_MAX, 65536),
+        ("malloc_trim", 0),
+    ]
