@@ -161,3 +161,8 @@ def test_seqbert_train_binds_the_run_to_the_runs_it_reads(run_dir, tmp_path, mon
     assert bound == {"job": "compare", "data": {"runs": {"A": str(run_dir)}}}
     with pytest.raises(ConfigError, match="choose another --out"):
         run_job(config, out, [f"data.runs={{A: {run_dir}, B: {run_dir}}}"])
+
+
+def test_compare_buckets_are_half_open_and_sort_in_order():
+    labels = compare.buckets(np.array([0, 19, 20, 49, 50, 500]), (20, 50), "items")
+    assert labels.tolist() == ["1: 0-19 items"] * 2 + ["2: 20-49 items"] * 2 + ["3: 50+ items"] * 2
