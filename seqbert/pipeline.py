@@ -219,7 +219,7 @@ def add_pipeline_parser(subparsers) -> None:
         "pipeline",
         help="retrieve -> rerank -> evaluate on a BERT4Rec/SASRec run's test users, beside full ranking",
     )
-    p.add_argument("run_dir", help="the reranking model's run directory (recipes/bert4rec.py --out)")
+    p.add_argument("run_dir", help="the reranking model's run directory (`seqbert train ... --out`)")
     p.add_argument("--retriever", choices=("recent", "model"), default="recent",
                    help="recent: item-to-item from the last items' embeddings (no transformer); "
                         "model: a model's own scores as inner-product search")  # fmt: skip
