@@ -93,3 +93,17 @@ def test_readme_recommender_snippet_runs(tmp_path, monkeypatch):
     assert top.columns == ["user", "item", "rank", "score"] and top.height == 20
     mine = namespace["rec"].recommend(histories={"new": ["sku-1", "sku-9"]}, k=10)
     assert mine.height == 10 and not {"sku-1", "sku-9"} & set(mine["item"])
+
+
+def test_readme_evaluation_snippet_runs(tmp_path, monkeypatch, capsys):
+    code = snippet("from seqbert.data.trec import read_qrels, read_run")
+    assert len(code.strip().splitlines()) <= 10
+    # two queries: q1 finds its relevant document at rank 2, q2 at rank 1 (d9 and d8 tie; d9 wins, as trec_eval)
+    (tmp_path / "run.trec").write_text(
+        "q1 Q0 d1 1 3.0 r\nq1 Q0 d2 2 2.0 r\nq2 Q0 d8 1 1.0 r\nq2 Q0 d9 2 1.0 r\n"
+    )
+    (tmp_path / "qrels.txt").write_text("q1 0 d2 1\nq2 0 d9 1\n")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own code
+    printed = capsys.readouterr().out
+    assert "'mrr': 0.75" in printed and "'hr@10': 1.0" in printed
