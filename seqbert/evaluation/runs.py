@@ -141,7 +141,7 @@ def align(
 ) -> Aligned:
     """Order `run` under `ties`, cut it at `depth`, and join it with `qrels` (see the module docstring).
 
-    errors: "raise" or "warn" for file problems already collected by the readers (kept for symmetry).
+    errors: "raise" or "warn", as for the readers (file problems are theirs; kept so callers pass one policy).
     strict: a qrels query absent from the run, or a run query absent from the qrels, is an error
     (`RunFormatError`); otherwise each kind is one warning with its count. keep: positions kept in the
     dense `ranked` (None = all; the measures never need it).
@@ -152,7 +152,8 @@ def align(
         raise ValueError(f"depth must be >= 1 (or None for the whole run), got {depth}")
     if keep is not None and keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
-    report_issues([], errors, "")  # validates `errors`
+    if errors not in ("raise", "warn"):
+        raise ValueError(f"errors must be 'raise' or 'warn', got {errors!r}")
     run_q = set(run.frame["qid"].unique().to_list())
     qrels_q = set(qrels.frame["qid"].unique().to_list())
     missing, run_only = sorted(qrels_q - run_q), sorted(run_q - qrels_q)
@@ -211,9 +212,9 @@ def align(
     # block starts in ranked order; a line's position = its ranked index - its block's start. Only the
     # relevant lines (and the first `keep` of each block) need one, so no (N,) position array is built.
     qs = q.to_numpy()[perm]  # (N,) query of each ranked line
-    starts = np.concatenate([[0], np.flatnonzero(qs[1:] != qs[:-1]) + 1])  # (B,) one per query block
+    starts = np.flatnonzero(np.concatenate([[n > 0], qs[1:] != qs[:-1]]))  # (B,) one per query block
     ends = np.append(starts[1:], n)
-    block_q = qs[starts] if n else np.zeros(0, dtype=np.int32)
+    block_q = qs[starts]
     del qs
     evaluated = block_q < len(qids)
     is_relevant = np.zeros(n, dtype=bool)

@@ -147,3 +147,11 @@ def test_ranked_order_equals_one_full_sort(ties):
     shuffled = keys[rng.permutation(n)]
     full = shuffled.select(pl.arg_sort_by(names, descending=descending, maintain_order=True)).to_series()
     np.testing.assert_array_equal(_ranked_order(shuffled, ties), full.to_numpy())
+
+
+def test_a_run_with_no_usable_line_scores_zero_under_complete(tmp_path):
+    with pytest.warns(UserWarning):
+        run = read_run(_write(tmp_path / "e.trec", "q1 Q0 d1 x 1.0 s\n"), errors="warn")
+        a = align(run, read_qrels(_write(tmp_path / "q.txt", TREC_QRELS)), complete=True)
+    assert run.frame.height == 0 and a.qids == ["q1", "q2"]
+    assert evaluate_aligned(a, (1,))["map"].tolist() == [0.0, 0.0]
