@@ -18,7 +18,8 @@ Writes benchmarks/results/evaluation.json:
   1..100 on three random run/qrels sets of 2,200 query ids with ties, contradicting rank columns,
   shuffled or score-ordered lines, qrels-only / run-only queries and grades 0-3, under both means.
 - scale_10m: `seqbert evaluate` on a 10 M-line TREC run (10,000 queries x 1,000 documents, written in
-  score order per query as systems do, scores to 3 decimals so ties are common) in a child process:
+  score order per query as systems do, scores to 3 decimals so ties are common) in a child process;
+  scale_10m_unordered: the same with each query's lines in random order (a full sort):
   wall and CPU seconds and peak RSS from os.wait4; read_floor_seconds is a bare polars read_csv of the
   same file in its own child, the I/O floor any evaluator pays (ratio = seconds / read floor).
 
@@ -259,12 +260,16 @@ def trec_eval_parity() -> dict:
     }
 
 
-def _write_10m(run_path: Path, qrels_path: Path, queries: int = 10_000, depth: int = 1_000) -> None:
-    """A 10 M-line TREC run in score order per query (3-decimal scores: ties) and 5 judgements per query."""
+def _write_10m(
+    run_path: Path, qrels_path: Path, queries: int = 10_000, depth: int = 1_000, ordered: bool = True
+) -> None:
+    """A 10 M-line TREC run, 3-decimal scores (ties), lines in score order per query (ordered=True) or in
+    random order inside each query's block; and 5 judgements per query."""
     import polars as pl
 
     rng = np.random.default_rng(4)
-    score = -np.sort(-np.round(rng.normal(size=(queries, depth)), 3), axis=1).ravel()
+    score = np.round(rng.normal(size=(queries, depth)), 3)
+    score = (-np.sort(-score, axis=1) if ordered else score).ravel()
     q = np.repeat(np.arange(queries), depth)
     doc = (q * 7919 + np.tile(np.arange(depth), queries) * 104729) % 5_000_003  # distinct per query
     pl.DataFrame(
@@ -298,10 +303,10 @@ def _child_usage(cmd: list[str]) -> dict:
     }
 
 
-def scale_10m() -> dict:
+def scale_10m(ordered: bool = True) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="seqbert_bench_eval_"))
     run_path, qrels_path = tmp / "run10m.trec", tmp / "qrels.txt"
-    _write_10m(run_path, qrels_path)
+    _write_10m(run_path, qrels_path, ordered=ordered)
     cmd = [sys.executable, "-m", "seqbert.cli", "evaluate", "--run", f"sys={run_path}", "--qrels",
            str(qrels_path), "--out", str(tmp / "report"), "--resamples", "1000"]  # fmt: skip
     ours = _child_usage(cmd)
@@ -310,6 +315,7 @@ def scale_10m() -> dict:
     out = {
         **ours,
         "lines": 10_000_000,
+        "lines_in_score_order": ordered,
         "file_mb": run_path.stat().st_size / 2**20,
         "queries": metrics["n"],
         "read_floor_seconds": floor["seconds"],
@@ -339,6 +345,9 @@ def main() -> None:
         scale = scale_10m()
         print(json.dumps(scale), flush=True)
         merge_json(out, "scale_10m", scale)
+        unordered = scale_10m(ordered=False)  # the worst case: a full (query, score) sort
+        print(json.dumps(unordered), flush=True)
+        merge_json(out, "scale_10m_unordered", unordered)
         print(f"wrote {out}")
         return
     warnings.filterwarnings("ignore")  # numba type-safety chatter from ranx
@@ -370,6 +379,7 @@ def main() -> None:
     }  # fmt: skip
     result["trec_eval_parity"] = trec_eval_parity()
     result["scale_10m"] = scale_10m()
+    result["scale_10m_unordered"] = scale_10m(ordered=False)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"speed vs ranx: ours {speed['ours_seconds']:.2f}s, ranx {speed['ranx_seconds']:.2f}s -> ratio {result['speed_vs_reference']:.1f}x"

@@ -212,6 +212,17 @@ def _targets_seen(hist: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
     return seen
 
 
+def repeat_rate(histories: Sequence[np.ndarray], targets: np.ndarray) -> float:
+    """Share of targets already in their user's history: how much "target_exempt" would leak, and when
+    "none" is the better protocol (repeat consumption). Data preparation and recipes report it."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(histories) != len(targets):
+        raise ValueError(f"histories has {len(histories)} users but targets has {len(targets)}")
+    if not len(targets):
+        return 0.0
+    return float(_targets_seen([np.asarray(h, dtype=np.int64) for h in histories], targets).mean())
+
+
 @torch.no_grad()
 def evaluate_ranking(
     score_fn: Callable[[list[np.ndarray]], torch.Tensor],

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from seqbert.evaluation.protocols import sample_negatives
-from seqbert.evaluation.ranking import evaluate_ranking
+from seqbert.evaluation.ranking import evaluate_ranking, repeat_rate
 
 V = 23  # odd-sized catalogue; id 0 is padding, id 22 a mask token
 
@@ -76,6 +76,7 @@ def test_full_protocol_matches_reference_loop(batch_size, seen):
     np.testing.assert_array_equal(res.ranks, expected)
     repeats = [targets[u] in set(histories[u].tolist()) for u in range(37)]
     assert res.exclude_seen == seen and res.repeat_rate == pytest.approx(np.mean(repeats))
+    assert repeat_rate(histories, targets) == pytest.approx(np.mean(repeats))
     assert 0 < sum(repeats) < 37  # both kinds of user are tested
     for u in range(37):  # top-k never holds an excluded item
         hist = set(histories[u].tolist())

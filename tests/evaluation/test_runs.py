@@ -113,8 +113,9 @@ def test_csv_and_parquet_runs(tmp_path):
 
 
 @pytest.mark.parametrize("ties", ["trec_eval", "rank", "optimistic", "pessimistic"])
-def test_score_ordered_fast_path_equals_the_full_sort(ties):
-    """A run already in score order per query block only re-sorts its ties; same order as a full sort."""
+def test_ranked_order_equals_one_full_sort(ties):
+    """A run in score order per query block only re-sorts its ties, a shuffled one is lexsorted first; both
+    equal one multi-key polars sort (up to the order of query blocks, which no measure sees)."""
     from seqbert.evaluation.runs import _ranked_order, _sort_keys
 
     rng = np.random.default_rng(4)
@@ -142,3 +143,15 @@ def test_score_ordered_fast_path_equals_the_full_sort(ties):
     by_block = np.argsort([block_order[x] for x in q[full]], kind="stable")
     np.testing.assert_array_equal(fast, full[by_block])
     assert not np.array_equal(fast, np.arange(n))  # ties were re-ordered
+    # shuffled lines: (query, score) lexsort + tie re-sort equals one full multi-key sort
+    shuffled = keys[rng.permutation(n)]
+    full = shuffled.select(pl.arg_sort_by(names, descending=descending, maintain_order=True)).to_series()
+    np.testing.assert_array_equal(_ranked_order(shuffled, ties), full.to_numpy())
+
+
+def test_a_run_with_no_usable_line_scores_zero_under_complete(tmp_path):
+    with pytest.warns(UserWarning):
+        run = read_run(_write(tmp_path / "e.trec", "q1 Q0 d1 x 1.0 s\n"), errors="warn")
+        a = align(run, read_qrels(_write(tmp_path / "q.txt", TREC_QRELS)), complete=True)
+    assert run.frame.height == 0 and a.qids == ["q1", "q2"]
+    assert evaluate_aligned(a, (1,))["map"].tolist() == [0.0, 0.0]
