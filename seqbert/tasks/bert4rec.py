@@ -29,7 +29,13 @@ from seqbert.data.masking import mask_tokens
 from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID, ItemVocab
 from seqbert.model.bert import Bert, BertConfig, init_weights
 from seqbert.model.heads import IGNORE_INDEX, MLMHead
-from seqbert.tasks.catalogue import NEGATIVES, NegativeSampler, gbce_loss, sampled_logits, sampled_softmax_loss
+from seqbert.tasks.catalogue import (
+    NEGATIVES,
+    NegativeSampler,
+    gbce_loss,
+    sampled_logits,
+    sampled_softmax_loss,
+)
 
 OBJECTIVES = ("cloze", "next_item")
 LOSSES = ("ce", "sampled_softmax", "gbce")
@@ -73,7 +79,9 @@ class RecConfig:
         if self.negatives not in NEGATIVES:
             raise ValueError(f"RecConfig.negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         if self.loss == "gbce" and self.negatives != "uniform":
-            raise ValueError(f"RecConfig.negatives must be 'uniform' for loss='gbce' (its beta assumes it), got {self.negatives!r}")
+            raise ValueError(
+                f"RecConfig.negatives must be 'uniform' for loss='gbce' (its beta assumes it), got {self.negatives!r}"
+            )
         if not 0.0 < self.mixed_share < 1.0:
             raise ValueError(f"RecConfig.mixed_share must be in (0, 1), got {self.mixed_share!r}")
         if not 0.0 <= self.gbce_t <= 1.0:

@@ -1,7 +1,5 @@
 """BERT4Rec / SASRec+: windows, cloze collator, losses, inference, no leakage, MostPop."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch

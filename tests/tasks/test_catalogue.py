@@ -202,7 +202,9 @@ class ShapeLog(TorchDispatchMode):
 def test_sampled_losses_never_build_catalogue_logits(loss):
     big = 2 + 3001
     model, rec = small_model("next_item", loss, vocab_size=big, hidden=6)
-    batch = make_collate(rec, big)({"items": training_windows(seqs([9, 7], vocab_size=big), rec)}, torch.Generator())
+    batch = make_collate(rec, big)(
+        {"items": training_windows(seqs([9, 7], vocab_size=big), rec)}, torch.Generator()
+    )
     M = int((batch["labels"] != IGNORE_INDEX).sum())
 
     def widest(m):
