@@ -110,8 +110,12 @@ def sampled_logits(
 
     A negative equal to the row's target (an "accidental hit") gets -inf, so it drops out of both losses.
     """
-    pos = (queries * weight[targets]).sum(-1) + bias[targets]  # (M,)
-    neg = queries @ weight[negatives].T + bias[negatives]  # (M, K)
+    # one gather for both, so the backward scatters into one dense (V, H) gradient, not two
+    ids = torch.cat([targets, negatives])  # (M + K,)
+    w, b = weight[ids], bias[ids]  # (M + K, H), (M + K,)
+    M = len(targets)
+    pos = (queries * w[:M]).sum(-1) + b[:M]  # (M,)
+    neg = queries @ w[M:].T + b[M:]  # (M, K)
     hit = negatives[None, :] == targets[:, None]  # (M, K)
     return pos, neg.masked_fill(hit, float("-inf"))
 
