@@ -42,6 +42,7 @@ from seqbert.evaluation.ranking import evaluate_ranking, seen_protocol
 from seqbert.model.bert import BertConfig
 from seqbert.recommender import Recommender, format_item, save_recommender
 from seqbert.tasks.bert4rec import MostPop, RecConfig, SeqRecommender, make_collate, training_windows
+from seqbert.tasks.catalogue import count_items
 from seqbert.training.checkpoint import atomic_file
 from seqbert.training.data import TensorBatchSource
 from seqbert.training.loop import TrainConfig, train
@@ -353,7 +354,7 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
         {"items": windows},
         batch_size,
         seed=cfg.train.seed,
-        collate=make_collate(cfg.task, V),
+        collate=make_collate(cfg.task, V, item_counts=count_items(ds.train_sequences, V)),
         lengths=(windows != PAD_ID).sum(1),
         bucket_batches=cfg.bucket_batches,
     )

@@ -127,8 +127,9 @@ def training_windows(sequences: Sequence[np.ndarray], config: RecConfig) -> torc
 def make_collate(config: RecConfig, vocab_size: int, item_counts: np.ndarray | None = None):
     """collate(raw {"items": (B, W)}, generator) -> model batch; all randomness from `generator`.
 
-    Sampled losses add K negatives shared by the batch and their logQ terms, repeated on every row as
-    "negatives" and "negative_log_expected" (B, K), so the batch shards over processes like any other.
+    Sampled losses add K negatives shared by the batch and their logQ terms as "negatives" and
+    "negative_log_expected" (K,); `seqbert.training.data.SHARED_KEYS` names them, so under DDP every rank
+    gets the whole set.
     `item_counts` (vocab_size,): training counts per id (`catalogue.count_items`), for popularity negatives.
     """
     sampler = None
@@ -162,8 +163,7 @@ def make_collate(config: RecConfig, vocab_size: int, item_counts: np.ndarray | N
             # one set of negatives for the whole batch (Petrov & Macdonald 2023 sample per position;
             # sharing keeps the (M, K) logits one matmul)
             negatives, log_expected = sampler.sample(generator)  # (K,), (K,)
-            batch["negatives"] = negatives.expand(len(items), -1).contiguous()  # (B, K)
-            batch["negative_log_expected"] = log_expected.expand(len(items), -1).contiguous()  # (B, K)
+            batch["negatives"], batch["negative_log_expected"] = negatives, log_expected  # (K,), (K,)
         return batch
 
     return collate
@@ -251,13 +251,11 @@ class SeqRecommender(nn.Module):
             logits = self.catalogue_logits(rows)  # (M, V)
             return RecOutput(F.cross_entropy(logits, targets), logits)
         # sampled losses: logits only for the targets and the K shared negatives, never (M, V)
-        negatives = batch["negatives"]  # (B, K), every row the same
-        if not bool((negatives == negatives[:1]).all()):
-            raise ValueError("batch['negatives'] must repeat one (K,) set on every row (see make_collate)")
+        negatives = batch["negatives"]  # (K,), shared by the batch
         weight, bias = self.head.decoder.weight, self.head.decoder.bias
-        pos, neg = sampled_logits(self.transformed(rows), weight, bias, targets, negatives[0])  # (M,), (M, K)
+        pos, neg = sampled_logits(self.transformed(rows), weight, bias, targets, negatives)  # (M,), (M, K)
         if self.rec_config.loss == "sampled_softmax":
-            loss = sampled_softmax_loss(pos, neg, batch["negative_log_expected"][0])  # (M,)
+            loss = sampled_softmax_loss(pos, neg, batch["negative_log_expected"])  # (M,)
         else:
             num_items = self.config.vocab_size - FIRST_ITEM_ID
             loss = gbce_loss(pos, neg, num_items, self.rec_config.gbce_t)  # (M,)

@@ -20,7 +20,7 @@ Collate = Callable[[Batch, torch.Generator], Batch]
 _SHUFFLE_STREAM, _BATCH_STREAM = 0, 1  # keep the epoch-order and per-batch generators independent
 # Batch keys whose tensor belongs to the whole batch, not to one example: every rank gets it whole. A name,
 # not a shape test, decides: K sampled negatives would pass for a batch dimension whenever K == B.
-SHARED_KEYS = frozenset({"negatives"})
+SHARED_KEYS = frozenset({"negatives", "negative_log_expected"})
 
 
 class BatchSource(Protocol):
