@@ -35,6 +35,7 @@ from seqbert.data import interactions as inter
 from seqbert.data.vocab import NO_TARGET, ItemVocab
 from seqbert.model.bert import BertConfig
 from seqbert.tasks.bert4rec import RecConfig, SeqRecommender, score_histories
+from seqbert.tasks.catalogue import topk_histories
 from seqbert.training.checkpoint import CheckpointError, atomic_file, load_model_state, save_model
 
 MODEL_FORMAT = "seqbert.recommender"
@@ -220,21 +221,15 @@ class Recommender:
         self, histories: Sequence[np.ndarray], k: int, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids (B, k) internal, scores (B, k)) with seen items (exclude_seen) and specials removed;
-        -1 / -inf where fewer than k items remain."""
+        -1 / -inf where fewer than k items remain. Chunked over the catalogue (`topk_over_catalogue`): at
+        most (B, 32,768) scores exist at once, whatever the catalogue size; ties go to the lower id."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         model = self._require_model()
         if model.rec_config.objective == "next_item" and any(len(h) == 0 for h in histories):
             raise ValueError("a next_item model needs at least one known item in every history")
-        scores = self.score_histories(histories)  # (B, V)
-        if exclude_seen:
-            rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
-            cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(rows) else rows
-            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
-        top = scores.topk(min(k, scores.shape[1]), dim=1)  # (B, k)
-        ids, values = top.indices.cpu().numpy(), top.values.float().cpu().numpy()
-        ids[~np.isfinite(values)] = -1
-        return ids, values
+        scores, ids = topk_histories(model, histories, k, exclude_seen, batch_size=max(1, len(histories)))
+        return ids.cpu().numpy(), scores.float().cpu().numpy()
 
     def recommend(
         self,
