@@ -164,8 +164,8 @@ def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tenso
 
 
 def length_groups(attention_mask: torch.Tensor, hidden_size: int) -> list[tuple[torch.Tensor, int, int]]:
-    """Split a padded batch into groups of rows of similar length: [(rows, first, last), ...], where the
-    columns first .. last - 1 hold every real token of those rows. Rows not listed in any group: none.
+    """Split a padded batch into groups of rows of similar length: [(rows, first, last), ...], every row in
+    exactly one group, whose columns first .. last - 1 hold every real token of its rows.
 
     Encoding each group on its own columns only is exact for the real positions: a column that is padding
     in every row of a group is a key no query of the group may see, and its own output is not needed.
