@@ -261,7 +261,7 @@ def main() -> None:
             def med(impl, mode, key, runs=runs):
                 return statistics.median(x[key] for x in runs[(impl, mode)])
 
-            entry: dict = {"shape": s}
+            entry: dict = {"shape": s, **{f"{mode}_command": results["command"] for mode in modes}}
             for impl in IMPLS:
                 entry[impl] = {}
                 if "train" in modes:
