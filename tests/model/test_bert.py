@@ -240,3 +240,13 @@ def test_grouped_eval_equals_whole_batch_at_real_positions(causal, left):
     model.group_by_length = True
     with pytest.raises(ValueError, match="all padding"):
         model(ids, mask * 0)
+
+
+@pytest.mark.slow
+def test_inference_compiles_with_torch_compile():
+    """torch.compile traces the nn.Linear path (inductor cannot lower the oneDNN call it would meet)."""
+    model = Bert(TINY).eval()
+    b = batch()
+    with torch.inference_mode():
+        compiled = torch.compile(model, dynamic=False)(b["input_ids"], b["attention_mask"])
+        torch.testing.assert_close(compiled, model(b["input_ids"], b["attention_mask"]), atol=1e-5, rtol=1e-5)
