@@ -1,8 +1,10 @@
-"""The core: config validation, SDPA == eager reference, gathered MLM == full MLM, heads, padding."""
+"""The core: config validation, SDPA == eager reference, gathered MLM == full MLM, heads, padding; the
+inference fast paths (oneDNN linear, length groups) == the reference."""
 
 import pytest
 import torch
 
+import seqbert.model.bert as bert_module
 from seqbert.model import (
     IGNORE_INDEX,
     Bert,
@@ -149,3 +151,102 @@ def test_classifier_heads_shapes_and_losses():
     assert out.logits.shape == (13, 7, 4) and torch.isfinite(out.loss)
     reg = BertForSequenceClassification(TINY, num_labels=1)
     assert reg({**b, "labels": torch.rand(13)}).logits.shape == (13, 1)
+
+
+def test_fast_inference_linear_equals_nn_linear_and_gelu(monkeypatch):
+    """CPU fp32 inference runs `linear` as one oneDNN call (bias and GELU fused); same numbers as the
+    autograd path (nn.Linear + F.gelu), for the whole model too."""
+    if not bert_module._ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(30, 37)
+    x = torch.randn(13, 7, 30, generator=g)
+    with torch.inference_mode():
+        for gelu in (False, True):
+            ref = torch.nn.functional.gelu(layer(x)) if gelu else layer(x)
+            torch.testing.assert_close(bert_module.linear(x, layer, gelu), ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                bert_module.linear(x.transpose(0, 1), layer, gelu), ref.transpose(0, 1)
+            )
+    model = BertForPreTraining(TINY).eval()
+    b = {**batch(), "labels": batch(seed=1)["input_ids"]}
+    with torch.inference_mode():
+        fast = model(b, compute_loss=False).mlm_logits
+        monkeypatch.setattr(bert_module, "_ONEDNN_LINEAR", False)
+        ref = model(b, compute_loss=False).mlm_logits
+    assert not torch.equal(fast, torch.zeros_like(fast))
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_linear_is_skipped_under_autograd_and_autocast():
+    layer = torch.nn.Linear(30, 37)
+    x = torch.randn(5, 30)
+    assert bert_module.linear(x, layer).requires_grad  # autograd: nn.Linear, differentiable
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bert_module.linear(x, layer).dtype == torch.bfloat16  # autocast: nn.Linear, cast to bf16
+
+
+def test_compute_loss_false_returns_the_same_logits_without_loss():
+    model = BertForPreTraining(TINY).eval()
+    b = {**batch(), "labels": batch(seed=1)["input_ids"], "next_sentence_label": torch.randint(0, 2, (13,))}
+    with torch.no_grad():
+        full, bare = model(b), model(b, compute_loss=False)
+    assert bare.loss is None and bare.mlm_loss is None and bare.nsp_loss is None
+    torch.testing.assert_close(bare.mlm_logits, full.mlm_logits)
+
+
+def varied_lengths(B=64, L=64, left=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.cat(
+        [torch.randint(1, 5, (B // 2,), generator=g), torch.randint(L - 8, L + 1, (B - B // 2,), generator=g)]
+    )
+    lengths = lengths[torch.randperm(B, generator=g)]
+    pos = torch.arange(L)
+    mask = (pos[None, :] >= L - lengths[:, None]) if left else (pos[None, :] < lengths[:, None])
+    ids = torch.randint(2, 99, (B, L), generator=g).masked_fill(~mask, 0)
+    types = torch.randint(0, 2, (B, L), generator=g) * mask
+    return ids, mask.long(), types
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_length_groups_partition_rows_and_cover_their_tokens(left):
+    _, mask, _ = varied_lengths(left=left)
+    groups = bert_module.length_groups(mask, hidden_size=30)
+    assert len(groups) > 1  # short and long rows: grouping pays under the cost model
+    rows = torch.cat([r for r, _, _ in groups])
+    assert sorted(rows.tolist()) == list(range(64))
+    for r, first, last in groups:
+        assert not mask[r][:, :first].any() and not mask[r][:, last:].any()
+
+
+@pytest.mark.parametrize("causal,left", [(False, False), (False, True), (True, True)])
+def test_grouped_eval_equals_whole_batch_at_real_positions(causal, left):
+    config = BertConfig(**{**TINY.__dict__, "causal": causal, "pre_ln": causal, "max_len": 64})
+    model = Bert(config).eval()
+    ids, mask, types = varied_lengths(left=left)
+    assert len(bert_module.length_groups(mask, config.hidden_size)) > 1
+    with torch.no_grad():
+        whole = model(ids, mask, types)
+        model.group_by_length = True
+        grouped = model(ids, mask, types)
+        # a left-padded batch whose first column was dropped: positions shifted by position_offset
+        cut = slice(1, None) if left else slice(None, -1)
+        grouped_cut = model(ids[:, cut], mask[:, cut], types[:, cut], position_offset=int(left))
+        model.group_by_length = False
+        whole_cut = model(ids[:, cut], mask[:, cut], types[:, cut], position_offset=int(left))
+    real = mask.bool()
+    torch.testing.assert_close(grouped[real], whole[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped_cut[real[:, cut]], whole_cut[real[:, cut]], atol=1e-5, rtol=1e-5)
+    model.group_by_length = True
+    with pytest.raises(ValueError, match="all padding"):
+        model(ids, mask * 0)
+
+
+@pytest.mark.slow
+def test_inference_compiles_with_torch_compile():
+    """torch.compile traces the nn.Linear path (inductor cannot lower the oneDNN call it would meet)."""
+    model = Bert(TINY).eval()
+    b = batch()
+    with torch.inference_mode():
+        compiled = torch.compile(model, dynamic=False)(b["input_ids"], b["attention_mask"])
+        torch.testing.assert_close(compiled, model(b["input_ids"], b["attention_mask"]), atol=1e-5, rtol=1e-5)
