@@ -90,6 +90,7 @@ def main() -> None:
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     print(json.dumps({
         "path": args.path, "budget_mb": args.budget_mb if args.path == "chunked" else None, "steps": result.step,
+        "threads": torch.get_num_threads(),
         "loss": last["loss"], "grad_norm": last["grad_norm"], "wall_s": round(time.time() - start, 1),
         "user_s": round(user, 1), "sys_s": round(sys_, 1), "sys_share": round(sys_ / (user + sys_), 3),
         "cpu_s_per_step": round((user + sys_) / result.step, 3), "minor_faults": after.ru_minflt - before.ru_minflt,
