@@ -48,10 +48,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--path", choices=("plain", "chunked"), required=True)
-    parser.add_argument(
-        "--budget-mb", type=float, default=8.0, help="chunked: bytes of one (C, V) fp32 block"
-    )
+    parser.add_argument("--budget-mb", type=float, default=8.0, help="chunked: MiB of one (C, V) fp32 block")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     budget = int(args.budget_mb * 2**20)
     if args.path == "plain":
         bert4rec.chunked_catalogue_ce = plain_catalogue_ce
