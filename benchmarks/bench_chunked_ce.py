@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--path", choices=("plain", "chunked"), required=True)
-    parser.add_argument("--budget-mb", type=float, default=8.0, help="chunked: MiB of one (C, V) fp32 block")
+    parser.add_argument("--budget-mb", type=float, default=16.0, help="chunked: MiB of one (C, V) fp32 block")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:

@@ -11,14 +11,17 @@ only T, E, b, y and the per-row logsumexp (M,); the backward recomputes each chu
     g = (softmax(z_c) - onehot(y_c)) * dloss / M      (C, V)
     dT_c = g E     dE += g^T T_c     db += g.sum(0)
 
-Chunk size: C rows such that one (C, V) fp32 block is at most `budget_bytes` (default 8 MiB). glibc serves
+Chunk size: C rows such that one (C, V) fp32 block is at most `budget_bytes` (default 16 MiB). glibc serves
 blocks above its mmap threshold (dynamic, at most 32 MiB) with a fresh mmap and unmaps them on free, so every
-large temporary costs page faults and zeroing in the kernel at each step; blocks well below 32 MiB come back
-from the heap and are reused. 8 MiB (613 rows at V = 3,418) keeps each of the chunk's few temporaries far
-below it while each matmul is still large enough to run at full speed.
+large temporary costs page faults and zeroing in the kernel at each step; blocks below 32 MiB come back from
+the heap and are reused. 16 MiB (1,227 rows at V = 3,418; 21 chunks for SASRec+'s 25,600 rows) keeps the
+chunk's temporaries below that with room to spare, and keeps the chunks few: each chunk runs ~10 small
+multi-threaded ops, whose thread synchronisation costs CPU time on a busy machine (measured on the project's
+shared CPU: 8 MiB chunks cost +33 % CPU per step over 16 MiB with 2 threads, the same with 1 thread;
+benchmarks/RESULTS.md "Chunked full-catalogue cross-entropy").
 
 Autocast (bf16/fp16): like torch's own path (a Linear decoder under autocast, then cross-entropy promoted
-to fp32), the logits matmul runs in the autocast dtype, softmax/logsumexp in fp32, and the gradient of the
+to fp32), the logits matmul runs in the autocast dtype, softmax/logsumexp in fp32 (fp64 for an fp64 model), and the gradient of the
 logits is cast back to the autocast dtype for the two backward matmuls; dE and db are accumulated over
 chunks in fp32 and returned in the parameters' dtype.
 Shape legend: M rows (labelled positions), H hidden, V vocabulary (specials + items), C rows per chunk.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_BUDGET_BYTES = 8 * 2**20  # one (C, V) fp32 logits block; see the module docstring
+DEFAULT_BUDGET_BYTES = 16 * 2**20  # one (C, V) fp32 logits block; see the module docstring
 
 
 def chunk_rows(vocab_size: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
@@ -36,6 +39,11 @@ def chunk_rows(vocab_size: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int
     if budget_bytes <= 0:
         raise ValueError(f"budget_bytes must be > 0, got {budget_bytes!r}")
     return max(1, budget_bytes // (4 * vocab_size))
+
+
+def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for bf16/fp16 logits (as autocast's cross-entropy), else their own dtype (fp32, fp64)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -53,10 +61,10 @@ class _ChunkedCatalogueCE(torch.autograd.Function):
             E, b = weight[num_special:].to(dtype), bias[num_special:].to(dtype)  # (V - S, H), (V - S,)
             tc = t.to(dtype)  # (M, H)
             y = targets - num_special  # (M,) column among the items
-            lse = torch.empty(len(t), dtype=torch.float32, device=t.device)  # (M,)
+            lse = torch.empty(len(t), dtype=_softmax_dtype(dtype), device=t.device)  # (M,)
             picked = torch.empty_like(lse)  # (M,)
             for i in range(0, len(t), chunk):
-                z = torch.addmm(b, tc[i : i + chunk], E.t()).float()  # (C, V - S)
+                z = torch.addmm(b, tc[i : i + chunk], E.t()).to(lse.dtype)  # (C, V - S)
                 lse[i : i + chunk] = torch.logsumexp(z, dim=1)
                 picked[i : i + chunk] = z.gather(1, y[i : i + chunk, None])[:, 0]
             loss = (lse - picked).mean()
@@ -70,20 +78,20 @@ class _ChunkedCatalogueCE(torch.autograd.Function):
         S, chunk, dtype = ctx.num_special, ctx.chunk, ctx.dtype
         with torch.autocast(t.device.type, enabled=False):
             E, b, tc = weight[S:].to(dtype), bias[S:].to(dtype), t.to(dtype)  # (V - S, H), (V - S,), (M, H)
-            scale = grad_loss.float() / len(t)  # d loss / d z carries the mean's 1/M
+            scale = grad_loss.to(lse.dtype) / len(t)  # d loss / d z carries the mean's 1/M
             grad_t = torch.empty_like(tc)  # (M, H)
-            grad_E = torch.zeros(weight.shape, dtype=torch.float32, device=t.device)  # (V, H)
-            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=t.device)  # (V,)
+            grad_E = torch.zeros(weight.shape, dtype=_softmax_dtype(weight.dtype), device=t.device)  # (V, H)
+            grad_b = torch.zeros(bias.shape, dtype=_softmax_dtype(bias.dtype), device=t.device)  # (V,)
             for i in range(0, len(t), chunk):
                 rows = tc[i : i + chunk]  # (C, H)
-                z = torch.addmm(b, rows, E.t()).float()  # (C, V - S)
+                z = torch.addmm(b, rows, E.t()).to(lse.dtype)  # (C, V - S)
                 g = z.sub_(lse[i : i + chunk, None]).exp_()  # softmax, in place
                 g[torch.arange(len(rows), device=g.device), y[i : i + chunk]] -= 1.0
                 g.mul_(scale)
                 grad_b[S:] += g.sum(0)
                 g = g.to(dtype)
                 grad_t[i : i + chunk] = g @ E  # (C, H)
-                grad_E[S:] += (g.t() @ rows).float()  # (V - S, H)
+                grad_E[S:] += g.t() @ rows  # (V - S, H)
         return grad_t.to(t.dtype), grad_E.to(weight.dtype), grad_b.to(bias.dtype), None, None, None, None
 
 
