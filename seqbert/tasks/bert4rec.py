@@ -35,6 +35,7 @@ from seqbert.tasks.catalogue import (
     sampled_logits,
     sampled_softmax_loss,
 )
+from seqbert.tasks.chunked_ce import chunked_catalogue_ce
 
 OBJECTIVES = ("cloze", "next_item")
 LOSSES = ("ce", "sampled_softmax", "gbce")
@@ -200,7 +201,7 @@ def shared_left_padding(mask: torch.Tensor) -> int:
 @dataclass
 class RecOutput:
     loss: torch.Tensor
-    logits: torch.Tensor  # (M, V) for ce; (M, 1 + K) for sampled losses
+    logits: torch.Tensor | None = None  # (M, 1 + K) for sampled losses; ce never builds its (M, V) logits
 
 
 class SeqRecommender(nn.Module):
@@ -248,8 +249,11 @@ class SeqRecommender(nn.Module):
         where = labels != IGNORE_INDEX  # (B, L - first)
         rows, targets = hidden[where], labels[where]  # (M, H), (M,)
         if self.rec_config.loss == "ce":
-            logits = self.catalogue_logits(rows)  # (M, V)
-            return RecOutput(F.cross_entropy(logits, targets), logits)
+            # = F.cross_entropy(self.catalogue_logits(rows), targets) in row chunks, never the (M, V) logits
+            weight, bias = self.head.decoder.weight, self.head.decoder.bias
+            return RecOutput(
+                chunked_catalogue_ce(self.transformed(rows), weight, bias, targets, FIRST_ITEM_ID)
+            )
         # sampled losses: logits only for the targets and the K shared negatives, never (M, V)
         negatives = batch["negatives"]  # (K,), shared by the batch
         weight, bias = self.head.decoder.weight, self.head.decoder.bias
