@@ -43,7 +43,8 @@ from seqbert.model.bert import BertConfig
 from seqbert.recommender import Recommender, format_item, save_recommender
 from seqbert.tasks.bert4rec import MostPop, RecConfig, SeqRecommender, make_collate, training_windows
 from seqbert.tasks.catalogue import count_items
-from seqbert.training.checkpoint import atomic_file
+from seqbert.tasks.warmstart import warm_start_items
+from seqbert.training.checkpoint import atomic_file, list_checkpoints
 from seqbert.training.data import TensorBatchSource
 from seqbert.training.loop import TrainConfig, train
 
@@ -113,6 +114,13 @@ class ModelConfig:
     dropout: float = 0.2
     attention_dropout: float = 0.2
     pre_ln: bool = False
+    # item embeddings at a fresh start: "random" (BERT init) or "cooccurrence" (seqbert.tasks.warmstart:
+    # directional PPMI of the training sequences, truncated SVD, seconds on CPU)
+    item_init: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.item_init not in ("random", "cooccurrence"):
+            raise ValueError(f"model.item_init must be 'random' or 'cooccurrence', got {self.item_init!r}")
 
 
 @dataclass(frozen=True)
@@ -345,6 +353,11 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
         )
 
     model = build_model(cfg, V)
+    if cfg.model.item_init == "cooccurrence" and not list_checkpoints(out / "train"):  # resumed: loaded
+        t0 = time.time()
+        std = model.config.initializer_range  # own seeded RNG: torch's stream is untouched
+        warm_start_items(model.bert.embeddings.word, ds.train_sequences, seed=cfg.train.seed, std=std)
+        print(f"item embeddings warm-started from co-occurrence in {time.time() - t0:.1f} s")
     windows = training_windows(ds.train_sequences, cfg.task)  # (N, W)
     batch_size = cfg.batch_size
     if len(windows) < batch_size:  # a small log still trains: one batch of every window
