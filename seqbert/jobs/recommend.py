@@ -483,7 +483,7 @@ def default_config() -> RecommendJob:
             warmup_fraction=0.03, min_lr_ratio=0.1, clip_norm=5.0, eval_every=250,
             early_stopping_metric="valid_ndcg@10", restore_best=True, log_every=50,
         ),
-        model=ModelConfig(dropout=0.1, attention_dropout=0.1),
+        model=ModelConfig(dropout=0.1, attention_dropout=0.1, item_init="cooccurrence"),
         task=RecConfig(objective="next_item", max_len=200, window_stride=100),
         bucket_batches=4,
     )  # fmt: skip
