@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from seqbert.data.vocab import FIRST_ITEM_ID
 from seqbert.model.bert import BertConfig
@@ -185,23 +184,8 @@ def test_collate_shares_one_negative_set_per_batch_and_config_is_validated():
         RecConfig(mixed_share=1.0)
 
 
-class ShapeLog(TorchDispatchMode):
-    """Records the shape of every tensor an aten op returns (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
-
-
 @pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
-def test_sampled_losses_never_build_catalogue_logits(loss):
+def test_sampled_losses_never_build_catalogue_logits(loss, shape_log):
     big = 2 + 3001
     model, rec = small_model("next_item", loss, vocab_size=big, hidden=6)
     batch = make_collate(rec, big)(
@@ -210,7 +194,7 @@ def test_sampled_losses_never_build_catalogue_logits(loss):
     M = int((batch["labels"] != IGNORE_INDEX).sum())
 
     def widest(m):
-        with ShapeLog() as log:
+        with shape_log() as log:
             m(batch).loss.backward()
         # a tensor with the catalogue as its last dimension and more than one row is (M, V)-like; the
         # embedding's gradient is (V, H)
@@ -245,7 +229,7 @@ def dense_topk(queries, weights, bias, k, exclude):
 
 @pytest.mark.parametrize("chunk", [1, 7, 10, 103, 1000])
 @pytest.mark.parametrize("k", [1, 5, 20])
-def test_chunked_topk_equals_dense_topk_ties_included(chunk, k):
+def test_chunked_topk_equals_dense_topk_ties_included(chunk, k, shape_log):
     gen = torch.Generator().manual_seed(chunk * 31 + k)
     B, nv, H = 7, 103, 5
     # small integers: exact scores with many ties, so the tie rule decides most rows
@@ -254,7 +238,7 @@ def test_chunked_topk_equals_dense_topk_ties_included(chunk, k):
     bias = torch.randint(0, 2, (nv,), generator=gen).float()
     exclude = [torch.randperm(nv, generator=gen)[: int(n)] for n in (0, 3, 50, 97, nv, 20, 1)]
     exclude[5] = torch.tensor([-4, 0, 102, 103, 500])  # ids outside [0, V) are ignored
-    with ShapeLog() as log:
+    with shape_log() as log:
         got = topk_over_catalogue(queries, weights, bias, k, exclude, chunk=chunk)
     want = dense_topk(queries, weights, bias, k, exclude)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from seqbert.data.vocab import FIRST_ITEM_ID
 from seqbert.model.bert import BertConfig
@@ -79,31 +78,16 @@ def test_bf16_autocast_matches_the_autocast_reference():
     assert (got[0] - exact[0]).abs() > 0  # it really computed in bf16
 
 
-class ShapeLog(TorchDispatchMode):
-    """Records the shape of every tensor an aten op returns (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
-
-
-def test_no_temporary_has_more_than_a_chunk_of_rows():
+def test_no_temporary_has_more_than_a_chunk_of_rows(shape_log):
     t, weight, bias, targets = inputs()
-    with ShapeLog() as log:
+    with shape_log() as log:
         chunked_catalogue_ce(t, weight, bias, targets, FIRST_ITEM_ID, budget_bytes=5 * 4 * V).backward()
     items = V - FIRST_ITEM_ID
     wide = [
         s for s in log.shapes if len(s) == 2 and s[1] >= items and s != (H, items)
     ]  # (rows, V); E^T aside
     assert wide and max(s[0] for s in wide) == 5
-    with ShapeLog() as log:  # the check bites: the reference builds (M, V)
+    with shape_log() as log:  # the check bites: the reference builds (M, V)
         reference(t, weight, bias, targets, FIRST_ITEM_ID).backward()
     assert (M, V) in log.shapes
 
