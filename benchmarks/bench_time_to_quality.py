@@ -10,7 +10,8 @@ before Sapphire Rapids); `auto` picks bf16 where the CPU has it. Reads each run'
 benchmarks/results/time_to_quality.json (merged: runs not repeated keep their figures):
 
     {"fp32": {"sasrec": {"ndcg10_at_600s", "hr10_at_600s", "ndcg10_at_1800s", "hr10_at_1800s",
-                         "seconds_to_0.1537", "peak_rss_mb", "eval_seconds_full"}, "bert4rec": {...}},
+                         "seconds_to_0.1537", "peak_rss_mb", "eval_seconds_full",
+                         "peak_rss_mb_at_<budget>s", ...}, "bert4rec": {...}},
      "auto": {...}, "machine": "...", "commands": {...}}
 
 seconds_to_0.1537 is the wall-clock seconds (evaluations included) of the first curve point with test
@@ -93,8 +94,10 @@ def main() -> int:
                 entry[f"train_steps_at_{budget}s"] = summary["train_steps"]
                 reached = [p["seconds"] for p in summary["curve"] if p["test_ndcg@10"] >= TARGET]
                 entry[f"seconds_to_{TARGET}"] = reached[0] if reached else None
-                entry["peak_rss_mb"] = summary["peak_rss_mb"]
-                entry["eval_seconds_full"] = summary["eval_seconds_full"]
+                entry[f"peak_rss_mb_at_{budget}s"] = summary["peak_rss_mb"]
+                if budget == 600:  # the issue's memory and evaluation targets are for the ten-minute run
+                    entry["peak_rss_mb"] = summary["peak_rss_mb"]
+                    entry["eval_seconds_full"] = summary["eval_seconds_full"]
                 commands[f"{precision}/{model}/{budget}"] = command
                 results_path.parent.mkdir(parents=True, exist_ok=True)
                 results_path.write_text(

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from seqbert.data import interactions as inter
+from seqbert.data.features import FeatureTable
 from seqbert.data.sources import resolve_data_dir
 
 
@@ -35,15 +36,47 @@ def ml1m_titles(data_dir: Path) -> dict[str, str]:
     return {sas: titles[movie] for sas, movie in mapping if movie in titles}
 
 
+def _sas_mapping(path: Path) -> pl.DataFrame:
+    """`sas_id original_id` lines -> frame (sas, original), both strings."""
+    pairs = [line.split() for line in _read_lines(path)]
+    return pl.DataFrame({"sas": [p[0] for p in pairs], "original": [p[1] for p in pairs]})
+
+
+def ml1m_item_features(data_dir: Path) -> FeatureTable:
+    """SASRec ML-1M item id -> genres (multi-valued, "|") and release year (numeric, from the title)."""
+    rows = [line.split("::") for line in _read_lines(data_dir / "ml-1m" / "movies.dat", "latin-1")]
+    movies = pl.DataFrame(
+        {"original": [r[0] for r in rows], "genres": [r[2] for r in rows], "title": [r[1] for r in rows]}
+    ).with_columns(year=pl.col("title").str.extract(r"\((\d{4})\)\s*$").cast(pl.Float64))
+    frame = _sas_mapping(data_dir / "ml-1m" / "sas_to_original_items.txt").join(movies, on="original")
+    return FeatureTable(
+        frame.rename({"sas": "item"}), "item", ("genres",), ("year",), "|", "ml-1m movies.dat"
+    )
+
+
+def ml1m_user_features(data_dir: Path) -> FeatureTable:
+    """SASRec ML-1M user id -> gender, age group, occupation (categorical, GroupLens users.dat)."""
+    rows = [line.split("::") for line in _read_lines(data_dir / "ml-1m" / "users.dat", "latin-1")]
+    users = pl.DataFrame(
+        {k: [r[i] for r in rows] for i, k in enumerate(("original", "gender", "age", "occupation"))}
+    )
+    frame = _sas_mapping(data_dir / "ml-1m" / "sas_to_original_users.txt").join(users, on="original")
+    return FeatureTable(
+        frame.rename({"sas": "user"}), "user", ("gender", "age", "occupation"), (), None, "ml-1m users.dat"
+    )
+
+
 @dataclass(frozen=True)
 class NamedDataset:
     source: str  # the `seqbert.data.sources.SOURCES` entry that holds the interactions
     scan: Callable[[Path], pl.LazyFrame]  # file -> standard lazy frame (user, item, timestamp, ...)
     item_names: Callable[[Path], dict[str, str]] | None = None  # data dir -> {item id: name}
+    item_features: Callable[[Path], FeatureTable] | None = None  # data dir -> side features of the items
+    user_features: Callable[[Path], FeatureTable] | None = None  # data dir -> side features of the users
 
 
 DATASETS: dict[str, NamedDataset] = {
-    "ml-1m": NamedDataset("ml-1m", inter.scan_pairs, ml1m_titles),
+    "ml-1m": NamedDataset("ml-1m", inter.scan_pairs, ml1m_titles, ml1m_item_features, ml1m_user_features),
     "ml-1m-raw": NamedDataset(
         "ml-1m-raw", inter.scan_grouplens_dat, lambda d: _movielens_titles(d / "ml-1m" / "movies.dat", "::")
     ),

@@ -33,12 +33,13 @@ class Job:
 
 def jobs() -> dict[str, Job]:
     """The job table; imports lazily so `seqbert train` of a recommender never imports the text stack."""
-    from seqbert.jobs import compare, item_rerank, recommend, two_stage
+    from seqbert.jobs import compare, item_rerank, learned_rerank, recommend, two_stage
 
     table = {
         "recommend": Job(recommend.RecommendJob, recommend.run, "BERT4Rec (cloze) or SASRec+ (next_item)"),
         **two_stage.JOBS,
         **item_rerank.JOBS,
+        **learned_rerank.JOBS,
         **compare.JOBS,
     }
     try:

@@ -4,6 +4,7 @@ model's own vectors must reproduce its full ranking exactly, and compare must re
 metrics on the same candidates."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,14 @@ import pytest
 import yaml
 
 from seqbert.config import ConfigError, load_config
-from seqbert.jobs import compare, item_rerank, run_identity, run_job, two_stage
+from seqbert.jobs import compare, item_rerank, learned_rerank, run_identity, run_job, two_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = {
     "two_stage_ml1m.yaml": two_stage,
     "cross_rerank_ml1m.yaml": item_rerank,
     "compare_rec.yaml": compare,
+    "learned_rerank_ml1m.yaml": learned_rerank,
 }
 
 
@@ -166,3 +168,45 @@ def test_seqbert_train_binds_the_run_to_the_runs_it_reads(run_dir, tmp_path, mon
 def test_compare_buckets_are_half_open_and_sort_in_order():
     labels = compare.buckets(np.array([0, 19, 20, 49, 50, 500]), (20, 50), "items")
     assert labels.tolist() == ["1: 0-19 items"] * 2 + ["2: 20-49 items"] * 2 + ["3: 50+ items"] * 2
+
+
+def test_learned_rerank_reports_every_stage_with_paired_tests(run_dir, tmp_path):
+    overrides = [
+        f"data.first_stage={run_dir}",
+        f"data.models=[{run_dir}]",
+        "depth=20",
+        "variants=[stats,models]",
+        "reranker.epochs=2",
+        "latency_queries=3",
+        "max_users=80",
+        "bootstrap=200",
+        "progress=false",
+    ]
+    summary = learned_rerank.run(recipe("learned_rerank_ml1m.yaml", overrides), tmp_path / "out")
+    assert set(summary["pipelines"]) == {"stats", "models"} and summary["users"] == {"fit": 80, "test": 80}
+    for p in summary["pipelines"].values():
+        assert 0 <= p["p_value"] <= p["p_holm"] <= 1
+        assert p["delta_ci95"][0] <= p["delta_vs_best_single"] <= p["delta_ci95"][1]
+        assert p["ndcg@10"] == pytest.approx(summary["best_single_ndcg@10"] + p["delta_vs_best_single"])
+    report = summary["two_stage_report"]
+    assert report["depth"] == 20 and report["stages"]["rerank"]["ndcg@10"] == pytest.approx(
+        summary["ndcg@10"]
+    )
+    # the first stage's exact top-K is its full ranking: the retrieve stage equals the single stage
+    assert report["stages"]["retrieve"]["ndcg@10"] == pytest.approx(report["stages"]["full"]["ndcg@10"])
+    assert (tmp_path / "out" / "reranker" / "stats" / "model.safetensors").is_file()
+    assert (
+        json.loads((tmp_path / "out" / "metrics.json").read_text())["best_pipeline"]
+        == summary["best_pipeline"]
+    )
+
+
+def test_learned_rerank_refuses_runs_on_other_data(run_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    (other / "data.json").write_text(json.dumps({"fingerprint": "0000", "description": "other"}))
+    cfg = recipe("learned_rerank_ml1m.yaml", [f"data.first_stage={run_dir}", f"data.models=[{other}]"])
+    with pytest.raises(ValueError, match="different data"):
+        learned_rerank.run(cfg, tmp_path / "out")
+    with pytest.raises(ValueError, match="variants"):
+        learned_rerank.LearnedRerankJob(data=cfg.data, variants=("magic",))
