@@ -154,6 +154,7 @@ class Featurizer:
             s = np.where(mask, np.asarray(s, dtype=np.float64), np.nan)  # (Q, K)
             mu, sd = np.nanmean(s, 1, keepdims=True), np.nanstd(s, 1, keepdims=True)
             cols.append(np.nan_to_num((s - mu) / np.where(sd > 0, sd, 1.0)))  # z within the list
+            cols.append(np.nan_to_num(s - np.nanmax(s, 1, keepdims=True)))  # <= 0: distance to the best
             rank = np.argsort(np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=1), axis=1)  # (Q, K)
             cols.append(np.log1p(rank))
         last = np.array([h[-1] if len(h) else 0 for h in histories], dtype=np.int64)  # (Q,)

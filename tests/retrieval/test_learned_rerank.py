@@ -54,18 +54,17 @@ def test_features_equal_brute_force_counts():
     cands = np.array([[2, 6, 9, -1], [5, 3, 8, 11]])
     scores = [np.array([[3.0, 1.0, 2.0, 0.0], [0.5, 0.1, 0.9, 0.3]])]
     b = feat.build(hist, np.array([0, 1]), cands, scores)
-    d = b.dense.numpy()  # (2, 4, D): z, log1p(rank), pop, rpop, next1, next5, length
+    d = b.dense.numpy()  # (2, 4, D): z, s - max, log1p(rank), pop, rpop, next1, next5, length
     assert b.mask.tolist() == [[True, True, True, False], [True, True, True, True]]
     s0 = np.array([3.0, 1.0, 2.0])
     assert d[0, :3, 0] == pytest.approx((s0 - s0.mean()) / s0.std(), abs=1e-6)
-    assert np.expm1(d[0, :3, 1]) == pytest.approx([0, 2, 1]) and np.expm1(d[1, :, 1]) == pytest.approx(
-        [1, 3, 0, 2]
-    )
+    assert d[0, :3, 1] == pytest.approx(s0 - 3.0) and np.expm1(d[0, :3, 2]) == pytest.approx([0, 2, 1])
+    assert np.expm1(d[1, :, 2]) == pytest.approx([1, 3, 0, 2])
     assert (d[0, 3] == 0).all()  # padding carries nothing
-    assert np.expm1(d[0, :3, 4]) == pytest.approx(next1[7, [2, 6, 9]], abs=1e-5)
-    assert np.expm1(d[0, :3, 5]) == pytest.approx(next5[[7, 5, 3]][:, [2, 6, 9]].sum(0), abs=1e-4)
+    assert np.expm1(d[0, :3, 5]) == pytest.approx(next1[7, [2, 6, 9]], abs=1e-5)
+    assert np.expm1(d[0, :3, 6]) == pytest.approx(next5[[7, 5, 3]][:, [2, 6, 9]].sum(0), abs=1e-4)
     near = next5[4, [5, 3, 8, 11]]  # history [4] has one item: only the last item counts
-    assert np.expm1(d[1, :, 5]) == pytest.approx(near, abs=1e-4)
+    assert np.expm1(d[1, :, 6]) == pytest.approx(near, abs=1e-4)
 
 
 def test_an_unfitted_reranker_keeps_the_first_stage_order():
