@@ -3,7 +3,7 @@ CPU seconds per step of the training phase only (the recipe's model, data and ta
 the loss at the last step. One process per setting (peak RSS is per process); prints one JSON line.
 
     python benchmarks/bench_train_memory.py --data-dir DIR --out /tmp/mem --steps 10 --path plain|chunked \
-        [--budget-mb 16] [--malloc-reuse] [--threads N]
+        [--budget-mb 16] [--malloc-reuse] [--threads N] [--set batch_size=64 ...]
 
 --path plain swaps the chunked full-catalogue loss (`seqbert.tasks.chunked_ce`) for its reference,
 `F.cross_entropy` of the masked (M, V) logits (what `SeqRecommender.forward` ran before); both draw the same
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=float, default=16.0, help="chunked: MiB of one (C, V) fp32 block")
     parser.add_argument("--malloc-reuse", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--set", action="append", default=[], help="recipe override key=value (repeatable)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,7 +63,7 @@ def main() -> None:
         bert4rec.chunked_catalogue_ce = plain_catalogue_ce
     else:
         bert4rec.chunked_catalogue_ce = lambda *a: chunked_catalogue_ce(*a, budget_bytes=budget)
-    _, cfg = load_job_config(RECIPE)
+    _, cfg = load_job_config(RECIPE, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg.data, args.data_dir, args.out)
     torch.manual_seed(0)
@@ -85,7 +86,7 @@ def main() -> None:
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     print(json.dumps({
         "path": args.path, "budget_mb": args.budget_mb if args.path == "chunked" else None,
-        "malloc_reuse": args.malloc_reuse, "steps": result.step, "threads": torch.get_num_threads(),
+        "malloc_reuse": args.malloc_reuse, "overrides": args.set, "steps": result.step, "threads": torch.get_num_threads(),
         "loss": last["loss"], "grad_norm": last["grad_norm"], "wall_s": round(time.time() - start, 1),
         "user_s": round(user, 1), "sys_s": round(sys_, 1), "sys_share": round(sys_ / (user + sys_), 3),
         "cpu_s_per_step": round((user + sys_) / result.step, 3), "minor_faults": after.ru_minflt - before.ru_minflt,

@@ -48,6 +48,7 @@ from seqbert.pipeline import PipelineConfig, format_report, order_by_scores, run
 from seqbert.recommender import load_recommender, run_dataset
 from seqbert.retrieval.items import full_ranking
 from seqbert.retrieval.learned_rerank import (
+    CandidateBatch,
     Featurizer,
     LearnedRerankConfig,
     fit_reranker,
@@ -151,18 +152,19 @@ def run(cfg: LearnedRerankJob, out: Path, data_dir: str | None = None) -> dict:
     targets = {"valid": ds.valid_targets[users["valid"]], "test": ds.test_targets[users["test"]]}
 
     # stage 1 and the other models' scores, once per split (no grad; batches of users)
-    retrieve = full_ranking(models[0], cfg.depth)
+    retrieve = full_ranking(models[0], cfg.depth, with_scores=True)
     cands, scores, seconds = {}, {}, {}
     with torch.no_grad():
         for split in ("valid", "test"):
             t0 = time.perf_counter()
             h = histories[split]
-            c = np.concatenate([retrieve(h[i : i + cfg.batch_size]) for i in tqdm(
-                range(0, len(h), cfg.batch_size), desc=f"{split}: first stage", disable=not cfg.progress)])  # fmt: skip
+            parts = [retrieve(h[i : i + cfg.batch_size]) for i in tqdm(
+                range(0, len(h), cfg.batch_size), desc=f"{split}: first stage", disable=not cfg.progress)]  # fmt: skip
             seconds[f"{split}_retrieve"] = time.perf_counter() - t0
-            cands[split] = c  # (Q, K)
-            scores[split] = []
-            for name, m in zip(names, models):
+            cands[split] = np.concatenate([ids for ids, _ in parts])  # (Q, K)
+            scores[split] = [np.concatenate([s for _, s in parts])]  # the first stage's own scores (Q, K)
+            c = cands[split]
+            for name, m in zip(names[1:], models[1:]):
                 t0 = time.perf_counter()
                 scores[split].append(
                     np.concatenate(
@@ -199,19 +201,17 @@ def run(cfg: LearnedRerankJob, out: Path, data_dir: str | None = None) -> dict:
             user_feats if variant == "all" else None,
             cfg.reranker,
         )
-        pick = slice(None) if use_models else slice(0, 1)
+        pick = slice(None) if use_models else slice(0, 0)  # which of data.models feed the reranker
+
+        def batch(split: str, feat: Featurizer = feat, pick: slice = pick) -> CandidateBatch:
+            used = scores[split][:1] + scores[split][1:][pick]  # the first stage's, then the chosen models'
+            return feat.build(histories[split], users[split], cands[split], used)
 
         t0 = time.perf_counter()
-        valid = feat.build(histories["valid"], users["valid"], cands["valid"], scores["valid"][pick])
-        model, info = fit_reranker(valid, labels("valid"), feat, cfg.reranker)
+        model, info = fit_reranker(batch("valid"), labels("valid"), feat, cfg.reranker)
         info["fit_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        final = order_by_scores(
-            cands["test"],
-            rerank_scores(
-                model, feat.build(histories["test"], users["test"], cands["test"], scores["test"][pick])
-            ),
-        )  # (Q, K)
+        final = order_by_scores(cands["test"], rerank_scores(model, batch("test")))  # (Q, K)
         info["test_rerank_seconds"] = time.perf_counter() - t0
         per_user = evaluate_ranked(final, rel, ks=(10,))
         fitted[variant] = (model, feat, pick)
@@ -222,7 +222,7 @@ def run(cfg: LearnedRerankJob, out: Path, data_dir: str | None = None) -> dict:
                 "variant": variant,
                 "config": config_to_dict(cfg.reranker),
                 "dense_features": feat.names,
-                "models": names[pick],
+                "models": names[:1] + names[1:][pick],
             },
         )
         results[variant] = {"per_user": per_user, "info": info}
@@ -251,13 +251,19 @@ def run(cfg: LearnedRerankJob, out: Path, data_dir: str | None = None) -> dict:
     model, feat, pick = fitted[best]
     h_test, u_test = histories["test"], users["test"]
 
+    first_scores = np.zeros((len(h_test), cfg.depth), dtype=np.float32)  # stage 1 -> stage 2, per query
+
     def stage1(rows):
-        return retrieve([h_test[i] for i in rows])
+        ids, s = retrieve([h_test[i] for i in rows])
+        first_scores[np.asarray(rows)] = s
+        return ids
 
     @torch.no_grad()
     def stage2(rows, c):
         hist = [h_test[i] for i in rows]
-        s = [candidate_scores(m, hist, c).numpy() for m in models[pick]]
+        s = [first_scores[np.asarray(rows)]] + [
+            candidate_scores(m, hist, c).numpy() for m in models[1:][pick]
+        ]
         return rerank_scores(model, feat.build(hist, u_test[np.asarray(rows)], c, s))
 
     reference = full_ranking(models[0], 100)

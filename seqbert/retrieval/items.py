@@ -112,14 +112,16 @@ def model_reranker(model):
     return rerank
 
 
-def full_ranking(model, depth: int):
-    """The reference: the model's exact top-`depth` over the whole catalogue, seen items excluded."""
+def full_ranking(model, depth: int, with_scores: bool = False):
+    """The reference: the model's exact top-`depth` over the whole catalogue, seen items excluded; with
+    `with_scores`, (ids, scores) so a second stage can reuse the first stage's scores of its candidates."""
 
     @torch.no_grad()
     def ranked(histories):
         scores = score_histories(model, histories)  # (B, V), specials already -inf
         for row, h in enumerate(histories):
             scores[row, torch.from_numpy(np.asarray(h, dtype=np.int64))] = float("-inf")
-        return scores.topk(depth, dim=1).indices.cpu().numpy()  # (B, D)
+        top = scores.topk(depth, dim=1)  # (B, D)
+        return (top.indices.numpy(), top.values.numpy()) if with_scores else top.indices.cpu().numpy()
 
     return ranked
