@@ -21,7 +21,9 @@ never candidates):
 Reported: full NDCG@10 / HR@10 of each single stage (its exact full ranking) and each pipeline; for each
 pipeline the per-user paired t-test against the best single stage, its bootstrap 95 % CI of the NDCG@10
 difference, Holm-adjusted p over the variants; the `seqbert.pipeline.run_two_stage` report of the best
-pipeline (stage accuracies, throughput, latency, cost ratio against the first stage's full ranking).
+pipeline, the variant with the best NDCG@10 on the held-out validation lists (test never chooses): stage
+accuracies, throughput, latency, cost ratio against the first stage's full ranking. The best single stage
+is the one with the best test NDCG@10, the strictest baseline.
 Writes OUT/metrics.json, OUT/report.txt and OUT/reranker/<variant>/ (model.safetensors + model.json).
 """
 
@@ -245,7 +247,7 @@ def run(cfg: LearnedRerankJob, out: Path, data_dir: str | None = None) -> dict:
             "p_holm": float(adjusted[v]),
             **{k: val for k, val in r["info"].items() if k != "epochs"},
         }
-    best = max(pipelines, key=lambda v: pipelines[v]["ndcg@10"])
+    best = max(pipelines, key=lambda v: pipelines[v]["holdout_ndcg@10"])  # chosen on validation, never test
 
     # the standard two-stage report of the best pipeline: cost and latency against full ranking
     model, feat, pick = fitted[best]
