@@ -99,8 +99,10 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     logged = [json.loads(x) for x in (tmp_path / "ft" / "train" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in logged if "loss" in x]
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), losses
-    encoders = (f"encoders=[{{name: dense, model_dir: {encoder}, max_len: 32}}, "
-                f"{{name: bge, model_dir: {encoder}, pooling: cls, query_prefix: 'w1 ', max_len: 32}}]")
+    encoders = (
+        f"encoders=[{{name: dense, model_dir: {encoder}, max_len: 32}}, "
+        f"{{name: bge, model_dir: {encoder}, pooling: cls, query_prefix: 'w1 ', max_len: 32}}]"
+    )
     overrides = [f"cache_dir={tmp_path / 'cache'}", encoders, f"reranker_dir={reranker}",
                  f"finetuned_dir={result['hf_dir']}", "depth=20", "rerank_depth=5", "rerank_max_len=32",
                  "rerank_sources=[hybrid, fused]", "latency_queries=2", "threads=1", "n_resamples=50",
@@ -151,7 +153,9 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     assert len(list((tmp_path / "cache").glob("cross_encoder_*.json"))) == 2
     again = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))  # cached
     assert again["cross_encoder_pairs_scored"] == {"rerank_msmarco": 0, "rerank_seqbert": 0}
-    assert {n: m["ndcg@10"] for n, m in again["stages"].items()} == {n: m["ndcg@10"] for n, m in stages.items()}
+    assert {n: m["ndcg@10"] for n, m in again["stages"].items()} == {
+        n: m["ndcg@10"] for n, m in stages.items()
+    }
     assert (
         json.loads((tmp_path / "run" / "metrics.json").read_text())["best_pipeline"] == again["best_pipeline"]
     )
