@@ -342,16 +342,19 @@ class FirstStages:
         """The union (B, C) of the fusion sources' top-`depth` lists and each source's exact score of every
         candidate, [(B, C)] in `fusion.sources` order (-inf on padding)."""
         assert self.cfg.fusion is not None
-        sources = self.cfg.fusion.sources
-        union = _union([self.scored[s](qids)[0] for s in sources])  # (B, C)
+        sources, queries = self.cfg.fusion.sources, self._queries(qids)
+        xq = {s: self._encode(s, qids) for s in sources if s != "bm25"}  # (B, H) each, encoded once
+        lists = [self.bm25.search(queries, self.cfg.depth) if s == "bm25" else
+                 search(self.encoders[s][4], xq[s], self.cfg.depth)[1] for s in sources]  # fmt: skip
+        union = _union(lists)  # (B, C)
         pad = union < 0
         out = []
         for s in sources:
             if s == "bm25":
-                out.append(self.bm25.scores(self._queries(qids), np.where(pad, -1, union)))
+                out.append(self.bm25.scores(queries, union))
                 continue
-            xq, xb = self._encode(s, qids), self.encoders[s][3]  # (B, H), (N, H)
-            dots = np.einsum("bh,bch->bc", xq, xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
+            xb = self.encoders[s][3]  # (N, H)
+            dots = np.einsum("bh,bch->bc", xq[s], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
             out.append(np.where(pad, -np.inf, dots))
         return union, out
 
