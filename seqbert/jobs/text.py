@@ -1,6 +1,6 @@
 """The text jobs of `seqbert train`: fine-tuning for sequence / sentence-pair classification (`classify`)
 and token classification (`token_classify`); `JOBS` also carries `pretrain` (jobs/text_pretrain.py),
-`rerank` and `text_pipeline` (jobs/text_rerank.py).
+`rerank` (jobs/text_rerank.py) and `text_pipeline` (jobs/text_pipeline.py).
 
     seqbert train recipes/finetune_sst2.yaml --out runs/sst2 --data-dir DATA
     seqbert train recipes/finetune_conll2003.yaml --out runs/conll --data-dir DATA --set train.max_steps=50

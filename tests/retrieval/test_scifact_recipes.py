@@ -165,3 +165,29 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
 # means the data, the BM25 negatives, their sampling, the init or the dropout stream changed (it did once, on
 # purpose: 16-bit dropout masks, seqbert.model.dropout)
 PINNED_LOSSES = [1.0997461, 1.0981735, 1.0972102]
+
+
+def test_pipeline_config_refuses_tuning_on_the_reported_split_and_unknown_stages():
+    from seqbert.jobs.text_pipeline import RerankFusionConfig, ScoreFusionConfig, TextPipelineJob
+    from seqbert.retrieval.embed import DenseEncoderConfig
+
+    two = (DenseEncoderConfig(), DenseEncoderConfig(name="bge", pooling="cls"))
+    ok = TextPipelineJob(encoders=two, fusion=ScoreFusionConfig(sources=("bm25", "dense", "bge")),
+                         rerank_sources=("fused",), rerank_fusion=RerankFusionConfig())  # fmt: skip
+    assert ok.first_stage_names() == ("bm25", "dense", "bge", "hybrid", "fused")
+    with pytest.raises(ValueError, match="same split"):
+        TextPipelineJob(fusion=ScoreFusionConfig(split="test"))
+    with pytest.raises(ValueError, match="same split"):
+        TextPipelineJob(rerank_fusion=RerankFusionConfig(split="test"))
+    with pytest.raises(ValueError, match="not first stages"):
+        TextPipelineJob(fusion=ScoreFusionConfig(sources=("bm25", "bge")))
+    with pytest.raises(ValueError, match="rerank_sources"):
+        TextPipelineJob(rerank_sources=("fused",))  # no fusion configured
+    with pytest.raises(ValueError, match="distinct"):
+        TextPipelineJob(encoders=(DenseEncoderConfig(), DenseEncoderConfig()))
+    with pytest.raises(ValueError, match="distinct"):
+        TextPipelineJob(encoders=(DenseEncoderConfig(name="hybrid"),))
+    with pytest.raises(ValueError, match="step"):
+        ScoreFusionConfig(step=0.3)
+    with pytest.raises(ValueError, match="methods"):
+        RerankFusionConfig(methods=("rank",))
