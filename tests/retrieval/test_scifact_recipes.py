@@ -191,3 +191,25 @@ def test_pipeline_config_refuses_tuning_on_the_reported_split_and_unknown_stages
         ScoreFusionConfig(step=0.3)
     with pytest.raises(ValueError, match="methods"):
         RerankFusionConfig(methods=("rank",))
+
+
+def test_tuned_rerank_fusion_mixes_first_stage_and_cross_encoder_over_the_top_d():
+    from types import SimpleNamespace
+
+    from seqbert.jobs.text_pipeline import make_reranker
+
+    logits = {5: 0.0, 6: 1.0, 7: 10.0, 8: 99.0}  # row 8 lies below the depth: never scored
+    ce = lambda query, rows: np.array([logits[int(r)] for r in rows])  # noqa: E731
+    stages = SimpleNamespace(cfg=SimpleNamespace(rerank_depth=3, rrf_k=60), texts={"q": "text"},
+                             memo={"src": {"q": {5: 3.0, 6: 2.0, 7: 1.0, 8: 0.5}}})  # fmt: skip
+    cands = np.array([[5, 6, 7, 8]])
+
+    def order(kind, weights=(0.0, 1.0)):
+        return order_by_scores(cands, make_reranker(kind, ce, stages, "src", weights, "minmax")(["q"], cands))
+
+    assert order("ce").tolist() == [[7, 6, 5, 8]]
+    assert order("tuned", (1.0, 0.0)).tolist() == [[5, 6, 7, 8]]  # the first stage alone
+    assert order("tuned", (0.0, 1.0)).tolist() == [[7, 6, 5, 8]]  # the cross-encoder alone
+    # minmax: first (1, .5, 0), cross-encoder (0, .1, 1) -> (.5, .3, .5); the tie keeps first-stage order
+    assert order("tuned", (0.5, 0.5)).tolist() == [[5, 7, 6, 8]]
+    assert order("rrf").tolist() == rrf([cands[:, :4], np.array([[7, 6, 5, 8]])], 60, 4).tolist()
