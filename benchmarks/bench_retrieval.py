@@ -220,7 +220,10 @@ def main() -> None:
     if args.scifact:
         # keep keys this run does not measure (e.g. the fine-tuned reranker's, when it is not re-run)
         old, new = results.get("scifact", {}), scifact_summary(Path(args.scifact))
-        new["stages"] = {**old.get("stages", {}), **new["stages"]}
+        stages = dict(old.get("stages", {}))
+        for name, m in new["stages"].items():  # per stage too: a run without latency keeps the last one's
+            stages[name] = {**stages.get(name, {}), **m}
+        new["stages"] = stages
         results["scifact"] = {**old, **new}
     commands = results.get("commands", {})
     commands["scifact" if args.skip_ann else f"ann_{args.data}"] = "python " + " ".join(sys.argv)
