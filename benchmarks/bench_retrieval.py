@@ -140,35 +140,40 @@ def best_ann(row: dict, min_recall: float = 0.95) -> dict:
 
 def scifact_summary(path: Path) -> dict:
     """The headline SciFact numbers from a text_pipeline run's metrics.json; a reranker's figure is
-    its best first stage (the stage name says which)."""
+    its best first stage (the stage name says which). "+rrf" / "+tuned": the reranking fused with its first
+    stage by RRF / by a score weight tuned on train queries. p_value: the best pipeline against the best
+    untuned first stage, paired t-test on per-query NDCG@10 (p_value_holm: Holm-corrected across stages)."""
     report = json.loads(path.read_text())
     stages = report["stages"]
 
-    def best_of(prefix: str, fused: bool = False) -> tuple[float | None, str | None]:
-        names = [s for s in stages if s.startswith(prefix) and s.endswith("+rrf") == fused]
+    def best_of(prefix: str, kind: str = "") -> tuple[float | None, str | None]:
+        names = [s for s in stages if s.startswith(prefix) and
+                 ("+" + s.split("+", 1)[1] if "+" in s else "") == kind]  # fmt: skip
         top = max(names, key=lambda s: stages[s]["ndcg@10"], default=None)
         return (stages[top]["ndcg@10"] if top else None), top
 
-    seqbert, seqbert_stage = best_of("rerank_seqbert")
-    msmarco, msmarco_stage = best_of("rerank_msmarco")
-    seqbert_fused, seqbert_fused_stage = best_of("rerank_seqbert", fused=True)
-    msmarco_fused, msmarco_fused_stage = best_of("rerank_msmarco", fused=True)
-    return {
-        "bm25_ndcg@10": stages["bm25"]["ndcg@10"],
-        "dense_ndcg@10": stages["dense"]["ndcg@10"],
-        "hybrid_ndcg@10": stages["hybrid"]["ndcg@10"],
+    out: dict = {f"{name}_ndcg@10": stages[name]["ndcg@10"] for name in stages if "@" not in name}
+    out.update({
         "best_ndcg@10": stages[report["best_pipeline"]]["ndcg@10"],
         "best_pipeline": report["best_pipeline"],
-        "seqbert_reranker_ndcg@10": seqbert,
-        "seqbert_reranker_pipeline": seqbert_stage,
-        "msmarco_reranker_ndcg@10": msmarco,
-        "msmarco_reranker_pipeline": msmarco_stage,
-        "seqbert_reranker_rrf_ndcg@10": seqbert_fused,
-        "seqbert_reranker_rrf_pipeline": seqbert_fused_stage,
-        "msmarco_reranker_rrf_ndcg@10": msmarco_fused,
-        "msmarco_reranker_rrf_pipeline": msmarco_fused_stage,
-        "stages": stages,
-    }
+        "best_first_stage": report.get("baseline"),
+        "best_first_stage_ndcg@10": report.get("baseline_ndcg@10"),
+    })  # fmt: skip
+    best = report.get("best_vs_baseline")
+    if best:
+        out.update({"p_value": best["p_value"], "p_value_holm": best["p_holm"],
+                    "diff_ci95": [best["diff_low"], best["diff_high"]]})  # fmt: skip
+    for tag, prefix in (("seqbert", "rerank_seqbert"), ("msmarco", "rerank_msmarco")):
+        for kind, key in (("", ""), ("+rrf", "_rrf"), ("+tuned", "_tuned")):
+            value, stage = best_of(prefix, kind)
+            if stage is not None:
+                out[f"{tag}_reranker{key}_ndcg@10"] = value
+                out[f"{tag}_reranker{key}_pipeline"] = stage
+    for key in ("fusion", "rerank_fusion", "comparisons"):
+        if key in report:
+            out[key] = report[key]
+    out["stages"] = stages
+    return out
 
 
 def main() -> None:
@@ -213,7 +218,13 @@ def main() -> None:
         results["machine"] = {"cpu_threads": args.threads, "platform": platform.platform(),
                               "torch": torch.__version__, "faiss": faiss.__version__}  # fmt: skip
     if args.scifact:
-        results["scifact"] = scifact_summary(Path(args.scifact))
+        # keep keys this run does not measure (e.g. the fine-tuned reranker's, when it is not re-run)
+        old, new = results.get("scifact", {}), scifact_summary(Path(args.scifact))
+        stages = dict(old.get("stages", {}))
+        for name, m in new["stages"].items():  # per stage too: a run without latency keeps the last one's
+            stages[name] = {**stages.get(name, {}), **m}
+        new["stages"] = stages
+        results["scifact"] = {**old, **new}
     commands = results.get("commands", {})
     commands["scifact" if args.skip_ann else f"ann_{args.data}"] = "python " + " ".join(sys.argv)
     results["commands"] = commands

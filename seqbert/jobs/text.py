@@ -1,6 +1,6 @@
 """The text jobs of `seqbert train`: fine-tuning for sequence / sentence-pair classification (`classify`)
 and token classification (`token_classify`); `JOBS` also carries `pretrain` (jobs/text_pretrain.py),
-`rerank` and `text_pipeline` (jobs/text_rerank.py).
+`rerank` (jobs/text_rerank.py) and `text_pipeline` (jobs/text_pipeline.py).
 
     seqbert train recipes/finetune_sst2.yaml --out runs/sst2 --data-dir DATA
     seqbert train recipes/finetune_conll2003.yaml --out runs/conll --data-dir DATA --set train.max_steps=50
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from seqbert.data.glue import CONLL_TAGS, read_conll, read_mrpc, read_sst2
-from seqbert.jobs import Job, text_pretrain, text_rerank
+from seqbert.jobs import Job, text_pipeline, text_pretrain, text_rerank
 from seqbert.jobs.text_io import data_path, write_metrics
 from seqbert.tasks.text import MODEL_DIR
 from seqbert.text_model import TextModel
@@ -192,6 +192,8 @@ JOBS = {
     "token_classify": Job(TokenClassifyJob, run_token_classify, "token classification (CoNLL-2003 NER)"),
     "rerank": Job(text_rerank.RerankJob, text_rerank.run_rerank, "cross-encoder fine-tuning, BM25 negatives"),
     "text_pipeline": Job(
-        text_rerank.TextPipelineJob, text_rerank.run_pipeline, "BEIR retrieve -> fuse -> rerank, evaluated"
+        text_pipeline.TextPipelineJob,
+        text_pipeline.run_pipeline,
+        "BEIR retrieve -> fuse -> rerank, evaluated",
     ),
 }

@@ -3,6 +3,7 @@ stemming when PyStemmer is installed.
 
     index = Bm25Index(doc_texts)
     rows = index.search(["query one", "query two"], k=100)   # (Q, k) corpus rows, best first
+    s = index.scores(["query one", "query two"], rows)        # (Q, k) their BM25 scores (score fusion)
 """
 
 from __future__ import annotations
@@ -42,3 +43,24 @@ class Bm25Index:
             self._tokenize(queries), k=min(k, self.size), show_progress=False, n_threads=0
         )  # (Q, k)
         return np.asarray(docs, dtype=np.int64)
+
+    def scores(self, queries: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """BM25 score of corpus row rows[q, j] for query q -> (Q, C) float64; -1 padding scores -inf.
+
+        Any row may be asked, not only the query's top-k: score fusion needs every candidate of the union
+        of several first stages scored by each of them.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 2 or len(rows) != len(queries):
+            raise ValueError(f"rows must have shape ({len(queries)}, C), got {rows.shape}")
+        if rows.size and rows.max() >= self.size:
+            raise ValueError(f"row {int(rows.max())} is outside the corpus of {self.size} documents")
+        tokens = self._bm25s.tokenize(
+            list(queries), stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False
+        )
+        out = np.full(rows.shape, -np.inf)
+        for q, words in enumerate(tokens):
+            full = self.retriever.get_scores(words)  # (N,) the query against every document
+            keep = rows[q] >= 0
+            out[q, keep] = full[rows[q, keep]]
+        return out

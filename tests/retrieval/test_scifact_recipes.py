@@ -99,17 +99,26 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     logged = [json.loads(x) for x in (tmp_path / "ft" / "train" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in logged if "loss" in x]
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), losses
-    overrides = [f"cache_dir={tmp_path / 'cache'}", f"encoder_dir={encoder}", f"reranker_dir={reranker}",
+    encoders = (
+        f"encoders=[{{name: dense, model_dir: {encoder}, max_len: 32}}, "
+        f"{{name: bge, model_dir: {encoder}, pooling: cls, query_prefix: 'w1 ', max_len: 32}}]"
+    )
+    overrides = [f"cache_dir={tmp_path / 'cache'}", encoders, f"reranker_dir={reranker}",
                  f"finetuned_dir={result['hf_dir']}", "depth=20", "rerank_depth=5", "rerank_max_len=32",
-                 "embed_max_len=32", "rerank_sources=[hybrid]", "latency_queries=2", "threads=1"]  # fmt: skip
+                 "rerank_sources=[hybrid, fused]", "latency_queries=2", "threads=1", "n_resamples=50",
+                 "fusion.step=0.25", "rerank_fusion.max_queries=4", "rerank_fusion.step=0.5"]  # fmt: skip
     report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))
     stages = report["stages"]
-    reranked = {"rerank_msmarco@hybrid5", "rerank_seqbert@hybrid5"}
-    assert set(stages) == {"bm25", "dense", "hybrid", *reranked, *(f"{r}+rrf" for r in reranked)}
+    reranked = {f"rerank_{m}@{s}5" for m in ("msmarco", "seqbert") for s in ("hybrid", "fused")}
+    assert set(stages) == {"bm25", "dense", "bge", "hybrid", "fused", *reranked,
+                           *(f"{r}+rrf" for r in reranked), *(f"{r}+tuned" for r in reranked)}  # fmt: skip
     assert report["queries"] == 4
     for name, m in stages.items():
         assert 0 <= m["ndcg@10"] <= 1 and 0 <= m["recall@100"] <= 1, name
-        assert m["pipeline_latency"]["p50_ms"] >= m["latency"]["p50_ms"] >= 0
+        if "@" not in name:  # first stages are timed; cross-encoder stages report their cost per pair
+            assert m["pipeline_latency"]["p50_ms"] >= m["latency"]["p50_ms"] >= 0
+        else:
+            assert m["cross_encoder_ms_per_pair"] > 0
     assert stages["bm25"]["ndcg@10"] > 0.6  # each query is three words of its relevant doc (of 40 words)
     # the harness's figures are BEIR's: graded NDCG@10 / recall@100 of the self-hit-free BM25 list
     data = load_beir(data_dir / "scifact", "test")
@@ -119,14 +128,34 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     assert stages["bm25"]["ndcg@10"] == pytest.approx(want["ndcg@10"])
     assert stages["bm25"]["recall@100"] == pytest.approx(want["recall@100"])
     # reranking only reorders the top 5: the top-100 set, hence recall, is the first stage's
-    assert stages["rerank_msmarco@hybrid5"]["recall@100"] == stages["hybrid"]["recall@100"]
-    # fusing a list with a permutation of it keeps the same candidate set
-    assert stages["rerank_seqbert@hybrid5+rrf"]["recall@100"] == stages["hybrid"]["recall@100"]
-    assert len(list((tmp_path / "cache").glob("corpus_*.npy"))) == 1
-    again = run_job(
-        RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir)
-    )  # cached corpus
-    assert again["stages"]["rerank_seqbert@hybrid5"]["ndcg@10"] == stages["rerank_seqbert@hybrid5"]["ndcg@10"]
+    for kind in ("", "+rrf", "+tuned"):
+        assert stages[f"rerank_msmarco@hybrid5{kind}"]["recall@100"] == stages["hybrid"]["recall@100"]
+    # the fusion weights were tuned on the 8 train queries, on the grid of step 0.25 over 3 sources
+    fusion = report["fusion"]
+    assert fusion["split"] == "train" and fusion["queries"] == 8 and fusion["grid_points"] == 15 * 2
+    assert sum(fusion["weights"].values()) == pytest.approx(1.0)
+    assert fusion["tune_ndcg@10"] >= max(fusion["tune_ndcg@10_single_source"].values()) - 1e-12
+    tuned = report["rerank_fusion"]["rerank_msmarco@fused5+tuned"]
+    assert tuned["queries"] == 4 and tuned["tune_ndcg@10"] >= tuned["tune_ndcg@10_first_stage"] - 1e-12
+    # every stage is compared per query with the best untuned first stage
+    per_query = json.loads((tmp_path / "run" / "per_query.json").read_text())
+    assert per_query["qids"] == qids
+    base = report["baseline"]
+    assert base in ("bm25", "dense", "bge", "hybrid")
+    assert report["baseline_ndcg@10"] == max(stages[n]["ndcg@10"] for n in ("bm25", "dense", "bge", "hybrid"))
+    assert set(report["comparisons"]) == set(stages) - {base}
+    for name, c in report["comparisons"].items():
+        assert np.mean(per_query["ndcg@10"][name]) == pytest.approx(stages[name]["ndcg@10"])
+        assert c["diff"] == pytest.approx(stages[name]["ndcg@10"] - stages[base]["ndcg@10"])
+        assert c["p_holm"] >= c["p_value"] and c["diff_low"] <= c["diff"] <= c["diff_high"]
+    cache = sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("corpus_*.npy"))
+    assert cache == ["bge", "dense"]  # one file per encoder setting, keyed by pooling / prefix / length
+    assert len(list((tmp_path / "cache").glob("cross_encoder_*.json"))) == 2
+    again = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))  # cached
+    assert again["cross_encoder_pairs_scored"] == {"rerank_msmarco": 0, "rerank_seqbert": 0}
+    assert {n: m["ndcg@10"] for n, m in again["stages"].items()} == {
+        n: m["ndcg@10"] for n, m in stages.items()
+    }
     assert (
         json.loads((tmp_path / "run" / "metrics.json").read_text())["best_pipeline"] == again["best_pipeline"]
     )
@@ -136,3 +165,51 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
 # means the data, the BM25 negatives, their sampling, the init or the dropout stream changed (it did once, on
 # purpose: 16-bit dropout masks, seqbert.model.dropout)
 PINNED_LOSSES = [1.0997461, 1.0981735, 1.0972102]
+
+
+def test_pipeline_config_refuses_tuning_on_the_reported_split_and_unknown_stages():
+    from seqbert.jobs.text_pipeline import RerankFusionConfig, ScoreFusionConfig, TextPipelineJob
+    from seqbert.retrieval.embed import DenseEncoderConfig
+
+    two = (DenseEncoderConfig(), DenseEncoderConfig(name="bge", pooling="cls"))
+    ok = TextPipelineJob(encoders=two, fusion=ScoreFusionConfig(sources=("bm25", "dense", "bge")),
+                         rerank_sources=("fused",), rerank_fusion=RerankFusionConfig())  # fmt: skip
+    assert ok.first_stage_names() == ("bm25", "dense", "bge", "hybrid", "fused")
+    with pytest.raises(ValueError, match="same split"):
+        TextPipelineJob(fusion=ScoreFusionConfig(split="test"))
+    with pytest.raises(ValueError, match="same split"):
+        TextPipelineJob(rerank_fusion=RerankFusionConfig(split="test"))
+    with pytest.raises(ValueError, match="not first stages"):
+        TextPipelineJob(fusion=ScoreFusionConfig(sources=("bm25", "bge")))
+    with pytest.raises(ValueError, match="rerank_sources"):
+        TextPipelineJob(rerank_sources=("fused",))  # no fusion configured
+    with pytest.raises(ValueError, match="distinct"):
+        TextPipelineJob(encoders=(DenseEncoderConfig(), DenseEncoderConfig()))
+    with pytest.raises(ValueError, match="distinct"):
+        TextPipelineJob(encoders=(DenseEncoderConfig(name="hybrid"),))
+    with pytest.raises(ValueError, match="step"):
+        ScoreFusionConfig(step=0.3)
+    with pytest.raises(ValueError, match="methods"):
+        RerankFusionConfig(methods=("rank",))
+
+
+def test_tuned_rerank_fusion_mixes_first_stage_and_cross_encoder_over_the_top_d():
+    from types import SimpleNamespace
+
+    from seqbert.jobs.text_pipeline import make_reranker
+
+    logits = {5: 0.0, 6: 1.0, 7: 10.0, 8: 99.0}  # row 8 lies below the depth: never scored
+    ce = lambda query, rows: np.array([logits[int(r)] for r in rows])  # noqa: E731
+    stages = SimpleNamespace(cfg=SimpleNamespace(rerank_depth=3, rrf_k=60), texts={"q": "text"},
+                             memo={"src": {"q": {5: 3.0, 6: 2.0, 7: 1.0, 8: 0.5}}})  # fmt: skip
+    cands = np.array([[5, 6, 7, 8]])
+
+    def order(kind, weights=(0.0, 1.0)):
+        return order_by_scores(cands, make_reranker(kind, ce, stages, "src", weights, "minmax")(["q"], cands))
+
+    assert order("ce").tolist() == [[7, 6, 5, 8]]
+    assert order("tuned", (1.0, 0.0)).tolist() == [[5, 6, 7, 8]]  # the first stage alone
+    assert order("tuned", (0.0, 1.0)).tolist() == [[7, 6, 5, 8]]  # the cross-encoder alone
+    # minmax: first (1, .5, 0), cross-encoder (0, .1, 1) -> (.5, .3, .5); the tie keeps first-stage order
+    assert order("tuned", (0.5, 0.5)).tolist() == [[5, 7, 6, 8]]
+    assert order("rrf").tolist() == rrf([cands[:, :4], np.array([[7, 6, 5, 8]])], 60, 4).tolist()

@@ -1,0 +1,616 @@
+"""`text_pipeline`: BEIR retrieve -> fuse -> rerank, every stage evaluated on one split and compared, per
+query, with the best untuned first stage.
+
+    seqbert train recipes/scifact_pipeline.yaml --out runs/scifact --data-dir DATA
+
+Stages (their names in metrics.json):
+  bm25           `seqbert.retrieval.bm25.Bm25Index` over "title text"
+  ENCODER        one per `encoders` entry (`DenseEncoderConfig`: `dense` = all-MiniLM-L6-v2, mean pooling;
+                 `bge` = bge-small-en-v1.5, [CLS] pooling + its query instruction) in an exact Faiss
+                 inner-product index; corpus encodings are cached in `cache_dir`, keyed by weights + settings
+  hybrid         RRF (Cormack et al. 2009) of `rrf_sources`: nothing tuned
+  fused          (`fusion`) a convex combination of per-query normalised scores of `fusion.sources` over the
+                 union of their top-`depth` lists, every candidate scored exactly by every source; the
+                 weights and the normalisation are tuned on `fusion.split` (train), never on the reported
+                 split (`seqbert.retrieval.fusion.tune_weights`)
+  NAME@SRCd      a cross-encoder (NAME: rerank_msmarco = `reranker_dir`, rerank_seqbert = `finetuned_dir`)
+                 rescoring the top d = `rerank_depth` of first stage SRC; the rest keeps SRC's order, so
+                 recall@100 is SRC's
+  ...+rrf        (`fuse_rerank`) that reranking fused with SRC by RRF: nothing tuned
+  ...+tuned      (`rerank_fusion`) w * n(cross-encoder) + (1 - w) * n(SRC score) over the top d, n a per-query
+                 normalisation; w and n tuned on `rerank_fusion.max_queries` queries of its split (train)
+Every stage reports ndcg@10, recall@100 (and hr, mrr) through `seqbert.pipeline.run_two_stage`; first stages
+also p50/p95 latency (`latency_queries` sent one at a time). Cross-encoder scores are cached on disk (a
+rerun or the tuning pass rescoring a pair costs nothing), so their stages report the measured cost per
+scored pair instead of a latency. BEIR's rule applies: a retrieved document whose id equals the query's id
+is dropped.
+
+Statistics (`comparisons` in metrics.json): the per-query NDCG@10 of every stage against the `baseline`, the
+best untuned first stage (bm25, an encoder, or hybrid) on the reported split itself, which favours the
+baseline: paired t-test, a bootstrap interval of the mean difference, Holm's correction across the stages
+(`seqbert.evaluation.stats.compare_runs`). `per_query.json` keeps the vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seqbert.evaluation.metrics import evaluate_ranked
+from seqbert.evaluation.stats import compare_runs
+from seqbert.jobs.text_io import write_metrics
+from seqbert.jobs.text_rerank import BeirDataConfig, _load, _positive, torch_threads
+from seqbert.pipeline import PipelineConfig, order_by_scores, run_two_stage
+from seqbert.retrieval.beir import BeirData, judgements
+from seqbert.retrieval.bm25 import Bm25Index
+from seqbert.retrieval.embed import DenseEncoderConfig, encode_with, load_encoder
+from seqbert.retrieval.fusion import (
+    NORMS,
+    rrf_scores,
+    rrf_with_scores,
+    simplex_grid,
+    tune_weights,
+    weighted_scores,
+)
+from seqbert.retrieval.index import IndexConfig, build_index, search
+from seqbert.tasks.rerank import load_cross_encoder, rerank
+from seqbert.tasks.text import minilm_dir
+
+RESERVED = ("bm25", "hybrid", "fused")  # stage names an encoder may not take
+
+
+def _check_methods(where: str, methods: tuple[str, ...]) -> None:
+    bad = [m for m in methods if m not in NORMS]
+    if bad or not methods:
+        raise ValueError(f"{where}.methods must name some of {NORMS}, got {methods!r}")
+
+
+def _check_step(where: str, step: float) -> None:
+    simplex_grid(1, step)  # raises on a step that does not divide 1
+    if step < 0.01:
+        raise ValueError(f"{where}.step must be >= 0.01 (the grid grows as 1/step^(sources-1)), got {step}")
+
+
+@dataclass(frozen=True)
+class ScoreFusionConfig:
+    """The `fused` first stage: weighted score fusion of `sources`, tuned on `split`."""
+
+    sources: tuple[str, ...] = ("bm25", "dense")  # bm25 and/or encoder names
+    split: str = "train"  # the judged queries that pick the weights (never the reported split)
+    max_queries: int | None = None  # the first N judged queries of `split`; None: all
+    methods: tuple[str, ...] = NORMS  # normalisations tried
+    step: float = 0.05  # weight grid resolution on the simplex
+
+    def __post_init__(self) -> None:
+        if len(self.sources) < 2 or len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"fusion.sources must name >= 2 distinct first stages, got {self.sources!r}")
+        if self.max_queries is not None and self.max_queries < 2:
+            raise ValueError(f"fusion.max_queries must be >= 2, got {self.max_queries}")
+        _check_methods("fusion", self.methods)
+        _check_step("fusion", self.step)
+
+
+@dataclass(frozen=True)
+class RerankFusionConfig:
+    """The `+tuned` stages: the cross-encoder's score fused with its first stage's, weight tuned on `split`."""
+
+    split: str = "train"
+    max_queries: int = 100  # the cross-encoder scores max_queries x rerank_depth pairs to tune
+    methods: tuple[str, ...] = NORMS
+    step: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_queries < 2:
+            raise ValueError(f"rerank_fusion.max_queries must be >= 2, got {self.max_queries}")
+        _check_methods("rerank_fusion", self.methods)
+        _check_step("rerank_fusion", self.step)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextPipelineJob:
+    data: BeirDataConfig = field(default_factory=BeirDataConfig)
+    encoders: tuple[DenseEncoderConfig, ...] = (DenseEncoderConfig(),)  # all-MiniLM-L6-v2 as `dense`
+    reranker_dir: str | None = None  # an imported HF cross-encoder; None: skip
+    finetuned_dir: str | None = None  # a `rerank` job's OUT/hf; None: skip
+    depth: int = 100  # first-stage list length (recall@100 needs 100)
+    rrf_k: int = 60
+    rrf_sources: tuple[str, ...] = ("bm25", "dense")  # the `hybrid` stage
+    fusion: ScoreFusionConfig | None = None  # the `fused` stage; None: skip
+    rerank_sources: tuple[str, ...] = ("hybrid",)  # first stages to rerank
+    rerank_depth: int = 100
+    fuse_rerank: bool = True  # also report each reranking fused with its first stage by RRF ("+rrf")
+    rerank_fusion: RerankFusionConfig | None = None  # "+tuned" stages; None: skip
+    rerank_max_len: int = 256  # SciFact abstracts average ~300 word pieces: 256 keeps most of each
+    rerank_batch_size: int = 16
+    bm25_stem: bool = True
+    cache_dir: str | None = None  # corpus embeddings and cross-encoder scores are cached here
+    batch_size: int = 32  # queries per call in the throughput pass
+    latency_queries: int = 50  # first-stage queries timed one at a time (0: no latency)
+    n_resamples: int = 1000  # bootstrap resamples of the per-query differences
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.encoders]
+        if len(set(names)) != len(names) or set(names) & set(RESERVED):
+            raise ValueError(f"encoder names must be distinct and none of {RESERVED}, got {names}")
+        scored = ("bm25", *names)
+        for where, wanted in (("rrf_sources", self.rrf_sources),
+                              ("fusion.sources", self.fusion.sources if self.fusion else ())):  # fmt: skip
+            bad = [x for x in wanted if x not in scored]
+            if bad:
+                raise ValueError(f"{where}: {bad} are not first stages; expected some of {scored}")
+        if not self.rrf_sources:
+            raise ValueError("rrf_sources must name at least one first stage")
+        stages = self.first_stage_names()
+        bad = [x for x in self.rerank_sources if x not in stages]
+        if bad or not self.rerank_sources:
+            raise ValueError(f"rerank_sources must name some of {stages}, got {self.rerank_sources!r}")
+        for split in {s.split for s in (self.fusion, self.rerank_fusion) if s is not None}:
+            if split == self.data.split:
+                raise ValueError(f"weights tuned on split {split!r} would be reported on that same split")
+        _positive(self, "depth", "rrf_k", "rerank_depth", "rerank_max_len", "rerank_batch_size",
+                  "batch_size", "n_resamples")  # fmt: skip
+        if self.rerank_depth > self.depth:
+            raise ValueError(f"rerank_depth ({self.rerank_depth}) exceeds depth ({self.depth})")
+        if self.latency_queries < 0:
+            raise ValueError(f"latency_queries must be >= 0, got {self.latency_queries}")
+
+    def first_stage_names(self) -> tuple[str, ...]:
+        fused = ("fused",) if self.fusion is not None else ()
+        return ("bm25", *(e.name for e in self.encoders), "hybrid", *fused)
+
+
+# ------------------------------------------------------------------------------------------ caches
+
+
+def fingerprint(directory: str | Path) -> str:
+    """A short tag of a model directory's weights (path, size, mtime) to key cached outputs."""
+    for w in (Path(directory) / "model.safetensors", Path(directory) / "pytorch_model.bin"):
+        if w.exists():
+            stat = w.stat()
+            return _tag(w.resolve(), stat.st_size, stat.st_mtime_ns)
+    raise FileNotFoundError(f"{directory}: expected model.safetensors or pytorch_model.bin")
+
+
+def _tag(*parts: object) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+def corpus_embeddings(
+    enc: DenseEncoderConfig, model_dir: str, model, tokenizer, texts: list[str], cache_dir: str | None
+) -> np.ndarray:
+    """(N, H) document embeddings, read from / written to `cache_dir` (keyed by the weights, the
+    encoder's pooling / normalisation / length / prefix and the corpus) when one is set."""
+    path = None
+    if cache_dir is not None:
+        key = _tag(fingerprint(model_dir), enc.cache_tag(), len(texts), texts[0], texts[-1])
+        path = Path(cache_dir) / f"corpus_{enc.name}_{key}.npy"
+        if path.exists():
+            return np.load(path)
+    xb = encode_with(enc, model, tokenizer, texts, queries=False).numpy()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, xb)
+        os.replace(tmp, path)  # atomic: a killed run never leaves half a cache
+    return xb
+
+
+class CrossEncoderScores:
+    """Cross-encoder logits of (query, corpus row) pairs, memoised in a JSON file under `cache_dir`.
+
+    The key is the query text's hash and the row, so train-split tuning and test-split scoring share it;
+    `pairs` and `seconds` count only pairs actually run through the model (its cost per pair).
+    """
+
+    def __init__(self, model_dir: str, cfg: TextPipelineJob, doc_texts: list[str]) -> None:
+        self.model, self.tokenizer, fresh = load_cross_encoder(model_dir)
+        if fresh:
+            raise ValueError(f"{model_dir}: not a trained reranker, fresh parameters {fresh}")
+        self.max_len, self.batch_size, self.doc_texts = cfg.rerank_max_len, cfg.rerank_batch_size, doc_texts
+        self.path = None
+        self.cache: dict[str, float] = {}
+        if cfg.cache_dir is not None:
+            key = _tag(fingerprint(model_dir), self.max_len, len(doc_texts), doc_texts[0], doc_texts[-1])
+            self.path = Path(cfg.cache_dir) / f"cross_encoder_{key}.json"
+            if self.path.exists():
+                self.cache = json.loads(self.path.read_text())
+        self.pairs, self.seconds, self._unsaved = 0, 0.0, 0
+
+    def __call__(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """Scores (K,) of corpus rows (K,) (no padding) for one query."""
+        qkey = hashlib.sha1(query.encode()).hexdigest()[:16]
+        keys = [f"{qkey}:{int(r)}" for r in rows]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        if todo:
+            t0 = time.perf_counter()
+            got = rerank(self.model, self.tokenizer, query, [self.doc_texts[rows[i]] for i in todo],
+                         self.batch_size, self.max_len)  # fmt: skip
+            self.seconds += time.perf_counter() - t0
+            self.pairs += len(todo)
+            for i, s in zip(todo, got):
+                self.cache[keys[i]] = float(s)
+            self._unsaved += len(todo)
+            if self._unsaved >= 200:
+                self.save()
+        return np.array([self.cache[k] for k in keys])
+
+    def save(self) -> None:
+        if self.path is not None and self._unsaved:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.cache))
+            os.replace(tmp, self.path)
+        self._unsaved = 0
+
+    def ms_per_pair(self) -> float | None:
+        return 1000 * self.seconds / self.pairs if self.pairs else None
+
+
+# ------------------------------------------------------------------------------------ first stages
+
+Scored = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # query ids (B,) -> rows, scores (B, depth)
+
+
+def _best_first(rows: np.ndarray, scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by descending score, padding (-1) last, keep `depth` columns."""
+    s = np.where(rows < 0, -np.inf, scores)
+    order = np.lexsort((-s, rows < 0), axis=1)[:, :depth]  # (B, depth), stable
+    return np.take_along_axis(rows, order, 1), np.take_along_axis(s, order, 1)
+
+
+def _union(lists: list[np.ndarray]) -> np.ndarray:
+    """Per query the distinct ids of several (B, K_r) lists in first-seen order -> (B, C), -1 padded."""
+    rows = [list(dict.fromkeys(int(d) for r in lists for d in r[q] if d >= 0)) for q in range(len(lists[0]))]
+    out = np.full((len(rows), max(map(len, rows), default=0) or 1), -1, dtype=np.int64)
+    for q, r in enumerate(rows):
+        out[q, : len(r)] = r
+    return out
+
+
+class FirstStages:
+    """Every first stage over one corpus for queries of any split: `scored[name](qids)` -> (rows, scores)
+    (B, depth) best first, -1 / -inf padded, self-hits removed. `memo[name][qid]` keeps each query's
+    {row: score} of the last call, the first-stage score that `+tuned` fuses with."""
+
+    def __init__(self, cfg: TextPipelineJob, corpus: BeirData, texts: dict[str, str]) -> None:
+        self.cfg, self.texts = cfg, texts
+        self.self_row = {q: i for i, q in enumerate(corpus.doc_ids) if q in texts}  # BEIR's self-hit rule
+        self.bm25 = Bm25Index(corpus.doc_texts, cfg.bm25_stem)
+        self.encoders = {}
+        for enc in cfg.encoders:
+            model_dir = enc.model_dir or str(minilm_dir())
+            model, tokenizer = load_encoder(model_dir)
+            xb = corpus_embeddings(enc, model_dir, model, tokenizer, corpus.doc_texts, cfg.cache_dir)
+            self.encoders[enc.name] = (enc, model, tokenizer, xb, build_index(xb, IndexConfig("Flat", "ip")))
+        self.fusion_weights: tuple[float, ...] | None = None
+        self.fusion_method = "minmax"
+        self.memo: dict[str, dict[str, dict[int, float]]] = {}
+        self.scored: dict[str, Scored] = {"bm25": self._memo("bm25", self._bm25)}
+        for name in self.encoders:
+            self.scored[name] = self._memo(name, lambda qids, n=name: self._dense(n, qids))
+        self.scored["hybrid"] = self._memo("hybrid", self._hybrid)
+        if cfg.fusion is not None:
+            self.scored["fused"] = self._memo("fused", self._fused)
+
+    def _memo(self, name: str, fn: Scored) -> Scored:
+        store = self.memo.setdefault(name, {})
+
+        def call(qids):
+            rows, scores = self._drop_self(qids, *fn(list(qids)))
+            for q, r, s in zip(qids, rows, scores):
+                store[q] = {int(d): float(x) for d, x in zip(r, s) if d >= 0}
+            return rows, scores
+
+        return call
+
+    def _drop_self(self, qids, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mine = np.array([self.self_row.get(q, -2) for q in qids])[:, None]  # (B, 1)
+        hit = rows == mine
+        if not hit.any():
+            return rows, scores
+        return _best_first(np.where(hit, -1, rows), np.where(hit, -np.inf, scores), rows.shape[1])
+
+    def _queries(self, qids) -> list[str]:
+        return [self.texts[q] for q in qids]
+
+    def _bm25(self, qids):
+        rows = self.bm25.search(self._queries(qids), self.cfg.depth)  # (B, depth)
+        return rows, self.bm25.scores(self._queries(qids), rows)
+
+    def _encode(self, name: str, qids) -> np.ndarray:
+        enc, model, tokenizer, _, _ = self.encoders[name]
+        return encode_with(enc, model, tokenizer, self._queries(qids), queries=True).numpy()  # (B, H)
+
+    def _dense(self, name: str, qids):
+        scores, rows = search(self.encoders[name][4], self._encode(name, qids), self.cfg.depth)
+        return rows, scores.astype(np.float64)  # (B, depth) each
+
+    def _hybrid(self, qids):
+        lists = [self.scored[s](qids)[0] for s in self.cfg.rrf_sources]
+        return rrf_with_scores(lists, self.cfg.rrf_k, self.cfg.depth)
+
+    def fusion_inputs(self, qids) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The union (B, C) of the fusion sources' top-`depth` lists and each source's exact score of every
+        candidate, [(B, C)] in `fusion.sources` order (-inf on padding)."""
+        assert self.cfg.fusion is not None
+        sources, queries = self.cfg.fusion.sources, self._queries(qids)
+        xq = {s: self._encode(s, qids) for s in sources if s != "bm25"}  # (B, H) each, encoded once
+        lists = [self.bm25.search(queries, self.cfg.depth) if s == "bm25" else
+                 search(self.encoders[s][4], xq[s], self.cfg.depth)[1] for s in sources]  # fmt: skip
+        union = _union(lists)  # (B, C)
+        pad = union < 0
+        out = []
+        for s in sources:
+            if s == "bm25":
+                out.append(self.bm25.scores(queries, union))
+                continue
+            xb = self.encoders[s][3]  # (N, H)
+            dots = np.einsum("bh,bch->bc", xq[s], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
+            out.append(np.where(pad, -np.inf, dots))
+        return union, out
+
+    def _fused(self, qids):
+        if self.fusion_weights is None:
+            raise RuntimeError("the fused stage's weights are not tuned yet (call tune_fusion)")
+        union, scores = self.fusion_inputs(qids)
+        fused = weighted_scores(scores, self.fusion_weights, self.fusion_method)  # (B, C)
+        return _best_first(union, fused, self.cfg.depth)
+
+
+def mean_ndcg10(rel: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """ranked rows (Q, K) -> per-query NDCG@10 (Q,) against judgements rel = (rel_ids, rel_grades)."""
+    return lambda ranked: evaluate_ranked(ranked[:, :10], rel[0], rel[1], ks=(10,))["ndcg@10"]
+
+
+def tune_fusion(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
+    """Pick the `fused` stage's weights and normalisation on `data`'s queries `qids` (a train split)."""
+    cfg = stages.cfg.fusion
+    assert cfg is not None
+    ndcg = mean_ndcg10(judgements(data, qids))
+    union, scores = _realign(stages, qids)
+    weights, method, value = tune_weights(
+        scores, lambda fused: ndcg(order_by_scores(union, fused)).mean(), cfg.methods, cfg.step
+    )
+    stages.fusion_weights, stages.fusion_method = weights, method
+    alone = {s: float(ndcg(order_by_scores(union, x)).mean()) for s, x in zip(cfg.sources, scores)}
+    return {
+        "split": cfg.split,
+        "queries": len(qids),
+        "weights": dict(zip(cfg.sources, weights)),
+        "method": method,
+        "grid_points": len(simplex_grid(len(cfg.sources), cfg.step)) * len(cfg.methods),
+        "tune_ndcg@10": value,
+        "tune_ndcg@10_single_source": alone,
+    }
+
+
+def _realign(stages: FirstStages, qids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """fusion_inputs with self-hit candidates masked (-1 / -inf) in place, so every source stays aligned."""
+    union, scores = stages.fusion_inputs(qids)
+    mine = np.array([stages.self_row.get(q, -2) for q in qids])[:, None]
+    hit = union == mine
+    return np.where(hit, -1, union), [np.where(hit, -np.inf, s) for s in scores]
+
+
+# ---------------------------------------------------------------------------------------- reranking
+
+RERANK_KINDS = ("ce", "rrf", "tuned")
+
+
+def cross_encoder_matrix(
+    ce: CrossEncoderScores, texts: dict[str, str], qids, candidates: np.ndarray, depth: int
+) -> np.ndarray:
+    """Cross-encoder scores (B, K) of each query's top `depth` candidates; -inf below and on padding."""
+    out = np.full(candidates.shape, -np.inf)
+    for r, q in enumerate(qids):
+        top = candidates[r, :depth]
+        keep = top >= 0
+        out[r, : len(top)][keep] = ce(texts[q], top[keep])
+    return out
+
+
+def make_reranker(
+    kind: str,
+    ce: CrossEncoderScores,
+    stages: FirstStages,
+    source: str,
+    weights: tuple[float, float] = (0.0, 1.0),
+    method: str = "minmax",
+):
+    """rerank(query ids (B,), candidates (B, K)) -> scores (B, K) over the top `rerank_depth` (-inf below,
+    so the rest keeps the first stage's order):
+      ce     the cross-encoder's logits
+      rrf    RRF of the first stage's order and the cross-encoder's
+      tuned  w_first * n(first-stage score) + w_ce * n(logit), n a per-query normalisation over the top d
+    """
+    if kind not in RERANK_KINDS:
+        raise ValueError(f"kind must be one of {RERANK_KINDS}, got {kind!r}")
+    cfg, d = stages.cfg, stages.cfg.rerank_depth
+
+    def score(qids, candidates: np.ndarray) -> np.ndarray:
+        logits = cross_encoder_matrix(ce, stages.texts, qids, candidates, d)  # (B, K)
+        if kind == "ce":
+            return logits
+        if kind == "rrf":
+            return rrf_scores(candidates, order_by_scores(candidates, logits), cfg.rrf_k)
+        memo = stages.memo[source]
+        first = np.array(
+            [[memo[q][int(x)] if x >= 0 else -np.inf for x in row[:d]] for q, row in zip(qids, candidates)]
+        )  # fmt: skip  (B, d)
+        out = np.full(candidates.shape, -np.inf)
+        out[:, :d] = weighted_scores([first, logits[:, :d]], weights, method)
+        return out
+
+    return score
+
+
+def tune_rerank_fusion(
+    ce: CrossEncoderScores, stages: FirstStages, source: str, data: BeirData, qids: list[str]
+) -> dict:
+    """Pick (w_first, w_ce) and the normalisation of `+tuned` on `data`'s queries `qids` (train)."""
+    cfg = stages.cfg
+    tune = cfg.rerank_fusion
+    assert tune is not None
+    d = cfg.rerank_depth
+    ndcg = mean_ndcg10(judgements(data, qids))
+    rows, first = stages.scored[source](qids)  # (Q, depth) each
+    logits = cross_encoder_matrix(ce, stages.texts, qids, rows, d)  # (Q, depth)
+    rest = np.full((len(qids), rows.shape[1] - d), -np.inf)
+
+    def objective(fused_top: np.ndarray) -> float:
+        return float(ndcg(order_by_scores(rows, np.concatenate([fused_top, rest], 1))).mean())
+
+    weights, method, value = tune_weights([first[:, :d], logits[:, :d]], objective, tune.methods, tune.step)
+    return {
+        "split": tune.split,
+        "queries": len(qids),
+        "weights": {"first_stage": weights[0], "cross_encoder": weights[1]},
+        "method": method,
+        "tune_ndcg@10": value,
+        "tune_ndcg@10_first_stage": float(ndcg(rows).mean()),
+        "tune_ndcg@10_cross_encoder": objective(np.where(np.isfinite(first[:, :d]), logits[:, :d], -np.inf)),
+    }
+
+
+# ------------------------------------------------------------------------------------------ the job
+
+
+def _stage(report: dict, name: str) -> dict:
+    s = dict(report["stages"][name])
+    if "latency" in s:
+        s.setdefault("pipeline_latency", s["latency"])
+    return s
+
+
+def _recording(fn, store: dict):
+    """fn wrapped to keep each query's first output row (the throughput pass; latency calls come after)."""
+
+    def call(qids, *rest):
+        out = np.asarray(fn(qids, *rest))
+        for q, row in zip(qids, out):
+            store.setdefault(q, row)
+        return out
+
+    return call
+
+
+def _tuning_queries(cfg: TextPipelineJob, split: str, max_queries: int | None, data_dir) -> tuple:
+    return _load(BeirDataConfig(cfg.data.dataset, split, max_queries), data_dir)
+
+
+def run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None = None) -> dict:
+    with torch_threads(cfg.threads):
+        return _run_pipeline(cfg, out, data_dir)
+
+
+def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict:
+    t0 = time.perf_counter()
+    data, qids = _load(cfg.data, data_dir)
+    fusion_set = (
+        _tuning_queries(cfg, cfg.fusion.split, cfg.fusion.max_queries, data_dir) if cfg.fusion else None
+    )
+    rerank_set = (_tuning_queries(cfg, cfg.rerank_fusion.split, cfg.rerank_fusion.max_queries, data_dir)
+                  if cfg.rerank_fusion else None)  # fmt: skip
+    texts = dict(data.queries)
+    for extra in (fusion_set, rerank_set):
+        if extra is not None:
+            clash = [q for q in extra[0].queries if q in texts and texts[q] != extra[0].queries[q]]
+            if clash:
+                raise ValueError(f"query ids {clash[:3]} have different texts in two splits")
+            texts.update(extra[0].queries)
+    report: dict = {"dataset": cfg.data.dataset, "split": cfg.data.split, "queries": len(qids)}
+    stages = FirstStages(cfg, data, texts)
+    if fusion_set is not None:
+        report["fusion"] = tune_fusion(stages, *fusion_set)
+        print(f"fusion tuned on {report['fusion']['queries']} {cfg.fusion.split} queries: "  # type: ignore[union-attr]
+              f"{report['fusion']['weights']} {report['fusion']['method']} "
+              f"ndcg@10 {report['fusion']['tune_ndcg@10']:.4f}")  # fmt: skip
+
+    rel_ids, rel_grades = judgements(data, qids)
+    ndcg = mean_ndcg10((rel_ids, rel_grades))
+    pipe = PipelineConfig(ks=(10, 100), batch_size=cfg.batch_size, latency_queries=cfg.latency_queries,
+                          progress=False)  # fmt: skip
+    results: dict[str, dict] = {}
+    per_query: dict[str, np.ndarray] = {}
+
+    def evaluate(name: str, retrieve, rerank_fn=None) -> dict:
+        rows: dict = {}
+        scores: dict = {}
+        config = pipe if rerank_fn is None else dataclasses.replace(pipe, latency_queries=0)
+        report = run_two_stage(qids, rel_ids, _recording(retrieve, rows),
+                               _recording(rerank_fn, scores) if rerank_fn else None,
+                               rel_grades=rel_grades, config=config)  # fmt: skip
+        final = np.stack([rows[q] for q in qids])
+        if rerank_fn is not None:
+            final = order_by_scores(final, np.stack([scores[q] for q in qids]))
+        per_query[name] = ndcg(final)
+        stage = _stage(report, "rerank" if rerank_fn else "retrieve")
+        if abs(per_query[name].mean() - stage["ndcg@10"]) > 1e-9:
+            raise RuntimeError(f"{name}: the recorded ranking disagrees with run_two_stage's")
+        results[name] = stage
+        print(f"{name:32s} ndcg@10 {stage['ndcg@10']:.4f}  recall@100 {stage['recall@100']:.4f}", flush=True)
+        return stage
+
+    def first(name: str):
+        return lambda q, f=stages.scored[name]: f(list(q))[0]
+
+    for name in cfg.first_stage_names():
+        evaluate(name, first(name))
+
+    kinds = ("ce", *(("rrf",) if cfg.fuse_rerank else ()), *(("tuned",) if cfg.rerank_fusion else ()))
+    suffix = {"ce": "", "rrf": "+rrf", "tuned": "+tuned"}
+    rerankers = (("rerank_msmarco", cfg.reranker_dir), ("rerank_seqbert", cfg.finetuned_dir))
+    for ce_name, model_dir in [(n, d) for n, d in rerankers if d is not None]:
+        ce = CrossEncoderScores(model_dir, cfg, data.doc_texts)
+        for source in cfg.rerank_sources:
+            base = f"{ce_name}@{source}{cfg.rerank_depth}"
+            weights, method = (0.0, 1.0), "minmax"
+            if rerank_set is not None:
+                tuned = tune_rerank_fusion(ce, stages, source, *rerank_set)
+                report.setdefault("rerank_fusion", {})[base + "+tuned"] = tuned
+                weights, method = (
+                    (tuned["weights"]["first_stage"], tuned["weights"]["cross_encoder"]),
+                    tuned["method"],
+                )
+                print(f"{base}+tuned: {tuned['weights']} {method} on {tuned['queries']} queries", flush=True)
+            for kind in kinds:
+                stage = evaluate(base + suffix[kind], first(source),
+                                 make_reranker(kind, ce, stages, source, weights, method))  # fmt: skip
+                for k in ("queries_per_s", "seconds", "pipeline_queries_per_s"):
+                    stage.pop(k, None)  # cached cross-encoder scores make these meaningless
+                ms = ce.ms_per_pair()
+                stage["cross_encoder_ms_per_pair"] = ms
+                stage["rerank_ms_per_query_est"] = None if ms is None else ms * cfg.rerank_depth
+            ce.save()
+        report.setdefault("cross_encoder_pairs_scored", {})[ce_name] = ce.pairs
+
+    untuned = ["bm25", *(e.name for e in cfg.encoders), "hybrid"]
+    baseline = max(untuned, key=lambda n: results[n]["ndcg@10"])
+    best = max(results, key=lambda n: results[n]["ndcg@10"])
+    comparisons = compare_runs({n: {"ndcg@10": v} for n, v in per_query.items()}, baseline, ["ndcg@10"],
+                               n_resamples=cfg.n_resamples)  # fmt: skip
+    report["stages"] = results
+    report["baseline"] = baseline  # the best untuned first stage, chosen on this split (favours it)
+    report["baseline_ndcg@10"] = results[baseline]["ndcg@10"]
+    report["best_pipeline"] = best
+    report["best_ndcg@10"] = results[best]["ndcg@10"]
+    report["comparisons"] = {c.run: dataclasses.asdict(c) for c in comparisons}
+    report["best_vs_baseline"] = report["comparisons"].get(best)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "per_query.json").write_text(
+        json.dumps({"qids": qids, "ndcg@10": {n: v.tolist() for n, v in per_query.items()}})
+    )
+    for c in comparisons:
+        print(f"{c.run:32s} - {baseline}: {c.diff:+.4f} [{c.diff_low:+.4f}, {c.diff_high:+.4f}]  "
+              f"p {c.p_value:.2g}  holm {c.p_holm:.2g}")  # fmt: skip
+    return write_metrics(out, report)
