@@ -1,7 +1,7 @@
 """Time to quality: BERT4Rec and SASRec+ on ML-1M for fixed training budgets, one fresh call each.
 
     python benchmarks/bench_time_to_quality.py --data-dir DIR [--models sasrec,bert4rec] \
-        [--budgets 600,1800] [--precisions fp32,auto] [--threads 2]
+        [--budgets 600,1800] [--precisions fp32,auto] [--threads 2] [--set key=value ...] [--results F]
 
 Each (precision, model, budget) is one fresh `seqbert train` process (the run directory is removed first),
 with the recipe's time-clocked schedule over `train.max_seconds` = the budget, on `--threads` intra-op
@@ -48,14 +48,14 @@ def machine() -> str:
 
 
 def run_one(
-    model: str, budget: int, precision: str, threads: int, data_dir: str, runs: Path
+    model: str, budget: int, precision: str, threads: int, data_dir: str, runs: Path, sets: list[str]
 ) -> tuple[dict, str]:
     out = runs / f"{precision}-{model}-{budget}"
     shutil.rmtree(out, ignore_errors=True)  # one fresh call, never a resume
     argv = [
         "seqbert", "train", RECIPES[model], "--out", str(out), "--data-dir", data_dir,
         "--set", f"train.max_seconds={budget}", "--set", f"train.precision={precision}",
-        "--set", "train.progress=false",
+        "--set", "train.progress=false", *[x for item in sets for x in ("--set", item)],
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     command = f"OMP_NUM_THREADS={threads} " + " ".join(argv)
@@ -71,6 +71,9 @@ def main() -> int:
     ap.add_argument("--budgets", default="600,1800")
     ap.add_argument("--precisions", default="fp32,auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--set", action="append", default=[], help="recipe override key=value (a lever to measure)"
+    )
     ap.add_argument("--runs", default=str(ROOT / "runs" / "time_to_quality"))
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "time_to_quality.json"))
     args = ap.parse_args()
@@ -85,7 +88,7 @@ def main() -> int:
             entry = results.setdefault(precision, {}).setdefault(model, {})
             for budget in sorted(int(b) for b in args.budgets.split(",")):
                 summary, command = run_one(
-                    model, budget, precision, args.threads, args.data_dir, Path(args.runs)
+                    model, budget, precision, args.threads, args.data_dir, Path(args.runs), args.set
                 )
                 full = summary["full"]
                 entry[f"ndcg10_at_{budget}s"] = full["ndcg@10"]
