@@ -31,6 +31,7 @@ from seqbert.tasks.catalogue import (
     NEGATIVES,
     NegativeSampler,
     gbce_loss,
+    gbce_prior_logit,
     sampled_logits,
     sampled_softmax_loss,
 )
@@ -222,6 +223,13 @@ class SeqRecommender(nn.Module):
         self.head = MLMHead(bert_config)
         self.head.apply(lambda m: init_weights(m, bert_config.initializer_range))
         nn.init.zeros_(self.head.decoder.bias)
+        if config.loss == "gbce":
+            # gBCE is not shift-invariant: start the items at its constant optimum, or the encoder gets there
+            # first by collapsing every query onto one direction and never leaves (catalogue.gbce_prior_logit)
+            prior = gbce_prior_logit(
+                bert_config.vocab_size - FIRST_ITEM_ID, config.num_negatives, config.gbce_t
+            )
+            nn.init.constant_(self.head.decoder.bias[FIRST_ITEM_ID:], prior)
         self.head.decoder.weight = self.bert.embeddings.word.weight  # weight tying (Sun et al. 2019, §3.4)
         # special ids are never recommended nor targets: their logits are pinned to -inf
         special = torch.zeros(bert_config.vocab_size, dtype=torch.bool)
