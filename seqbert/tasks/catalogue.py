@@ -7,7 +7,8 @@ bytes = 100 GB), and neither does a (users x V) score matrix. Here:
   - `sampled_logits` scores only the targets and those K negatives: (M,) and (M, K), never (M, V);
   - `sampled_softmax_loss` (Bengio & Senecal 2008; Jean et al. 2015; Yi et al. 2019) and `gbce_loss`
     (Petrov & Macdonald 2023) turn them into per-label losses;
-  - `topk_over_catalogue` ranks the catalogue chunk by chunk, holding at most (B, chunk) scores.
+  - `topk_over_catalogue` ranks the catalogue chunk by chunk, holding at most (B, chunk) scores and
+    top-k'ing only the rows a chunk can change.
 Shape legend: B queries (users), M labelled positions, H hidden, V catalogue rows (ids), K negatives,
 C chunk, k results per query.
 """
@@ -226,7 +227,7 @@ def topk_over_catalogue(
     item_bias: torch.Tensor | None,
     k: int,
     exclude: Sequence[np.ndarray | torch.Tensor] | None = None,
-    chunk: int = 32768,
+    chunk: int = 2048,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of scores = queries @ item_weights^T + item_bias, chunk by chunk.
 
@@ -234,7 +235,13 @@ def topk_over_catalogue(
     its seen items; ids outside [0, V) are ignored). -> (scores (B, k), ids (B, k)), each row ordered by
     score descending, ties broken by the LOWER id first; when a row has fewer than k allowed ids the rest is
     (-inf, -1). Never holds more than (B, chunk) scores (plus (B, 2k) candidates): equal to a dense
-    (B, V) matrix sorted stably (tests/tasks/test_catalogue.py).
+    (B, V) matrix sorted stably (tests/tasks/test_catalogue.py). Scores must not be NaN.
+
+    Cost at 1 M items, H 64, 1,000 queries, 1 thread: the (B, V) products (64 GFLOP) are the floor; the
+    selection is kept near a row max per chunk, as a row is top-k'd only when its chunk max beats its
+    current k-th score. chunk 2,048: a (1,000 x 2,048) block (8 MB) stays in L3 and its row max is cheap,
+    while per-chunk overheads stay small; on the project's CPU 2,048 beat 1,024 / 4,096 / 32,768 for 16 to
+    1,000 queries (1,000 queries: 2.6 s CPU vs 5.3 s for the old 32,768-chunk path without the skip).
     """
     B, V = queries.shape[0], item_weights.shape[0]
     if chunk < 1 or k < 1:
@@ -259,23 +266,39 @@ def topk_over_catalogue(
         # where each chunk's excluded ids start, by one numpy search (torch's stalls on a busy CPU pool)
         bounds = np.searchsorted(ex_ids.numpy(), [*range(0, V, chunk), V]).tolist()
         ex_ids, ex_rows = ex_ids.to(device), ex_rows.to(device)
+    if item_bias is not None:
+        # the bias as one more input column, [q, 1] . [w_j, b_j]: addmm would first copy the broadcast bias
+        # into every (B, C) block, a whole extra pass over the scores (~15 % of the CPU time at 1 M items)
+        queries = torch.cat([queries, queries.new_ones(B, 1)], 1)  # (B, H + 1)
     buffer = torch.empty(B * min(chunk, V), dtype=queries.dtype, device=device)
     for c, start in enumerate(range(0, V, chunk)):
         stop = min(start + chunk, V)
         w = item_weights[start:stop]  # (C, H)
+        if item_bias is not None:
+            w = torch.cat([w, item_bias[start:stop, None]], 1)  # (C, H + 1)
         # one buffer for every chunk: a fresh (B, C) allocation each time costs page faults (~30 % more CPU)
         scores = buffer[: B * (stop - start)].view(B, stop - start)  # (B, C)
-        if item_bias is None:
-            torch.mm(queries, w.T, out=scores)
-        else:
-            torch.addmm(item_bias[start:stop], queries, w.T, out=scores)
+        torch.mm(queries, w.T, out=scores)
         if ex_ids is not None:
             lo, hi = bounds[c], bounds[c + 1]
             scores[ex_rows[lo:hi], ex_ids[lo:hi] - start] = float("-inf")
-        values, cols = _chunk_topk(scores, min(k, stop - start))  # (B, k')
+        # only rows whose best score here beats their current k-th can change: a tie with the k-th loses to
+        # the lower ids already held. After the first chunks that is a small share of the rows (about
+        # k ln(V / C) of the V / C chunks per row for scores in random order), and a row max costs a tenth
+        # of a row top-k on CPU, so most of the selection work is skipped; the scores are still all computed
+        rows = (scores.amax(dim=1) > best[:, k - 1]).nonzero()[:, 0]  # (R,)
+        if len(rows) == 0:
+            continue
+        everyone = len(rows) == B
+        sub = scores if everyone else scores[rows]  # (R, C)
+        values, cols = _chunk_topk(sub, min(k, stop - start))  # (R, k')
+        held, held_ids = (best, best_ids) if everyone else (best[rows], best_ids[rows])  # (R, k)
         # merge: best holds lower ids than this chunk, and both are (score desc, id asc) ordered
-        merged = _ordered(torch.cat([best, values], 1), torch.cat([best_ids, cols + start], 1))
-        best, best_ids = merged[0][:, :k], merged[1][:, :k]
+        merged = _ordered(torch.cat([held, values], 1), torch.cat([held_ids, cols + start], 1))
+        if everyone:
+            best, best_ids = merged[0][:, :k], merged[1][:, :k]
+        else:
+            best[rows], best_ids[rows] = merged[0][:, :k], merged[1][:, :k]
     best_ids = best_ids.masked_fill(torch.isneginf(best), -1)
     return best, best_ids
 
@@ -287,7 +310,7 @@ def topk_histories(
     k: int = 10,
     exclude_seen: bool = True,
     batch_size: int = 1024,
-    chunk: int = 32768,
+    chunk: int = 2048,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A `SeqRecommender`'s top-k items for raw histories -> (scores (U, k), ids (U, k)), ids in the model's
     vocabulary (special ids never appear; -1 pads rows with fewer than k allowed items).

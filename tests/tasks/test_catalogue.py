@@ -12,6 +12,7 @@ from seqbert.data.synthetic import markov_sequences
 from seqbert.data.vocab import FIRST_ITEM_ID
 from seqbert.model.bert import BertConfig
 from seqbert.model.heads import IGNORE_INDEX
+from seqbert.tasks import catalogue
 from seqbert.tasks.bert4rec import (
     RecConfig,
     RecOutput,
@@ -342,6 +343,30 @@ def test_chunked_topk_equals_dense_topk_ties_included(chunk, k, shape_log):
     # never more than one chunk of scores, the (B, 2k) merge, or the excluded ids at once
     allowed = max(B * min(chunk, nv), B * 2 * k, sum(len(e) for e in exclude))
     assert max(math.prod(s) for s in log.shapes) <= allowed
+
+
+@pytest.mark.parametrize("order", ["random", "rising", "falling"])
+def test_chunked_topk_skips_rows_that_cannot_change_and_still_equals_dense(order, monkeypatch):
+    """The fast path: a row whose best score in a chunk does not beat its current k-th is not top-k'd.
+    Float scores, 64 queries over 5,000 ids in 50 chunks; "rising" (a bias growing with the id: every chunk
+    beats the last, nothing skipped) and "falling" (nothing after the first chunk can enter) bound it."""
+    gen = torch.Generator().manual_seed(1)
+    B, nv, H, k, chunk = 64, 5000, 8, 10, 100
+    queries, weights = torch.randn(B, H, generator=gen), torch.randn(nv, H, generator=gen)
+    bias = {"random": torch.randn(nv, generator=gen), "rising": torch.arange(nv) * 1.0}.get(order)
+    if order == "falling":
+        bias = -torch.arange(nv) * 1.0
+    exclude = [
+        torch.randint(0, nv, (int(n),), generator=gen) for n in torch.randint(0, 300, (B,), generator=gen)
+    ]
+    topked = []
+    original = catalogue._chunk_topk
+    monkeypatch.setattr(catalogue, "_chunk_topk", lambda s, kk: topked.append(len(s)) or original(s, kk))
+    got = topk_over_catalogue(queries, weights, bias, k, exclude, chunk=chunk)
+    want = dense_topk(queries, weights, bias, k, exclude)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    share = sum(topked) / (B * nv / chunk)  # rows top-k'd / rows x chunks
+    assert {"random": share < 0.5, "rising": share == 1.0, "falling": share == 1 / 50}[order], share
 
 
 def test_topk_histories_equals_dense_ranking_with_seen_items_excluded():
