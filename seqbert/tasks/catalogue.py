@@ -88,16 +88,24 @@ class NegativeSampler:
         # log(K q_j); -inf where q_j = 0 (never drawn, so never looked up)
         self.log_expected = expected.log().float()  # (N,)
 
-    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> negatives (K,) int64 ids and their log expected counts (K,) float32."""
-        parts = [torch.randint(0, self.vocab_size - self.first_id, (self.num_uniform,), generator=generator)]
+    def sample(
+        self, generator: torch.Generator, sets: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> negatives (K,) int64 ids and their log expected counts (K,) float32; with `sets` = S, S
+        independent draws (S, K) and (S, K) (one set per sequence)."""
+        n = 1 if sets is None else sets
+        parts = [
+            torch.randint(0, self.vocab_size - self.first_id, (n, self.num_uniform), generator=generator)
+        ]
         if self.num_popular:
-            u = torch.rand(self.num_popular, generator=generator, dtype=torch.float64) * self.cdf[-1]
+            u = torch.rand(n, self.num_popular, generator=generator, dtype=torch.float64) * self.cdf[-1]
             # inverse CDF: the first item whose cumulative count exceeds u (zero-count items have no width);
             # numpy's searchsorted, as torch's (2.x, CPU) stalls for milliseconds on a busy thread pool
             rows = np.searchsorted(self.cdf, u.numpy(), side="right").clip(max=len(self.cdf) - 1)
             parts.append(torch.from_numpy(rows))
-        rows = torch.cat(parts)  # (K,) 0-based item rows
+        rows = torch.cat(parts, dim=1)  # (S, K) 0-based item rows
+        if sets is None:
+            rows = rows[0]  # (K,)
         return rows + self.first_id, self.log_expected[rows]
 
 
@@ -119,6 +127,40 @@ def sampled_logits(
     pos = (queries * w[:M]).sum(-1) + b[:M]  # (M,)
     neg = queries @ w[M:].T + b[M:]  # (M, K)
     hit = negatives[None, :] == targets[:, None]  # (M, K)
+    return pos, neg.masked_fill(hit, float("-inf"))
+
+
+def sequence_sampled_logits(
+    queries: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    sequence: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sampled_logits` with one set of K negatives per sequence: (M,) and (M, K), never (M, K, H) or (M, V).
+
+    queries (M, H) of the labelled positions, targets (M,), negatives (B, K): the set of each sequence,
+    sequence (M,): the sequence (batch row) of each position, non-decreasing (row-major order, as
+    `hidden[labels != IGNORE_INDEX]` gives). neg[m, k] = q_m . w_{negatives[sequence[m], k]} + b_..., with
+    accidental hits at -inf. The positions are laid out per sequence, (B, P, H) with P the most labelled
+    positions in one sequence, and scored by one batched matmul against the sequences' (B, K, H) negatives.
+    """
+    B, M = negatives.shape[0], len(targets)
+    if M and bool((sequence[1:] < sequence[:-1]).any()):
+        raise ValueError("sequence must be non-decreasing (labelled positions in row-major order)")
+    ids = torch.cat([targets, negatives.reshape(-1)])  # (M + B K,): one gather, one dense scatter backward
+    w, b = weight[ids], bias[ids]  # (M + B K, H), (M + B K,)
+    pos = (queries * w[:M]).sum(-1) + b[:M]  # (M,)
+    w_neg, b_neg = w[M:].view(B, -1, w.shape[1]), b[M:].view(B, -1)  # (B, K, H), (B, K)
+    counts = torch.bincount(sequence, minlength=B)  # (B,)
+    slot = (
+        torch.arange(M, device=queries.device) - (counts.cumsum(0) - counts)[sequence]
+    )  # (M,) place in its row
+    laid = queries.new_zeros(B, int(counts.max()) if M else 0, queries.shape[1])  # (B, P, H)
+    laid = laid.index_put((sequence, slot), queries)  # out of place, so autograd carries it
+    neg = (torch.bmm(laid, w_neg.transpose(1, 2)) + b_neg[:, None, :])[sequence, slot]  # (M, K)
+    hit = negatives[sequence] == targets[:, None]  # (M, K)
     return pos, neg.masked_fill(hit, float("-inf"))
 
 
