@@ -2,9 +2,10 @@
 
 At 10^6 items the full softmax's (M, V) logits no longer fit (25,600 labelled positions x 10^6 items x 4
 bytes = 100 GB), and neither does a (users x V) score matrix. Here:
-  - `NegativeSampler` draws K negatives shared by the whole batch (uniform, popularity-proportional, or a
-    mix of both) with their log expected counts log(K q_j), the logQ term;
-  - `sampled_logits` scores only the targets and those K negatives: (M,) and (M, K), never (M, V);
+  - `NegativeSampler` draws K negatives per sequence or for the whole batch (uniform, popularity-
+    proportional, or a mix of both) with their log expected counts log(K q_j), the logQ term;
+  - `sequence_sampled_logits` (one set per sequence) and `sampled_logits` (one set for the batch) score
+    only the targets and those K negatives: (M,) and (M, K), never (M, V);
   - `sampled_softmax_loss` (Bengio & Senecal 2008; Jean et al. 2015; Yi et al. 2019) and `gbce_loss`
     (Petrov & Macdonald 2023) turn them into per-label losses;
   - `topk_over_catalogue` ranks the catalogue chunk by chunk, holding at most (B, chunk) scores and
@@ -37,7 +38,7 @@ def count_items(sequences: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:
 
 
 class NegativeSampler:
-    """K negatives shared by a batch, drawn with replacement from q over ids [first_id, vocab_size).
+    """K negatives for a batch or for each sequence, drawn with replacement from q over [first_id, vocab_size).
 
     uniform     q_j = 1 / N over the N items
     popularity  q_j = c_j / sum c (c = training counts, `count_items`): the distribution that in-batch
@@ -116,7 +117,7 @@ def sampled_logits(
     targets: torch.Tensor,
     negatives: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits s = q . w_j + b_j of the targets (M,) and of K shared negatives (M, K); never (M, V).
+    """Logits s = q . w_j + b_j of the targets (M,) and of K negatives shared by all rows (M, K); never (M, V).
 
     A negative equal to the row's target (an "accidental hit") gets -inf, so it drops out of both losses.
     """
