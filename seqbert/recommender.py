@@ -221,14 +221,17 @@ class Recommender:
         self, histories: Sequence[np.ndarray], k: int, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids (B, k) internal, scores (B, k)) with seen items (exclude_seen) and specials removed;
-        -1 / -inf where fewer than k items remain. Chunked over the catalogue (`topk_over_catalogue`): at
-        most (B, 32,768) scores exist at once, whatever the catalogue size; ties go to the lower id."""
+        -1 / -inf where fewer than k items remain. Chunked over users (1,024 at a time) and over the catalogue
+        (`topk_over_catalogue`): at most (1,024, 2,048) scores exist at once, whatever the sizes; ties go to
+        the lower id."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         model = self._require_model()
         if model.rec_config.objective == "next_item" and any(len(h) == 0 for h in histories):
             raise ValueError("a next_item model needs at least one known item in every history")
-        scores, ids = topk_histories(model, histories, k, exclude_seen, batch_size=max(1, len(histories)))
+        scores, ids = topk_histories(
+            model, histories, k, exclude_seen, batch_size=max(1, min(len(histories), 1024))
+        )
         return ids.cpu().numpy(), scores.float().cpu().numpy()
 
     def recommend(
