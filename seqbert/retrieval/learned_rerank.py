@@ -116,6 +116,10 @@ class Featurizer:
         self.rpop = np.log1p(rpop) / np.log1p(max(rpop.max(), 1.0))
         self.next1 = self._pairs(sequences, (1,))  # (V, V) sparse: a -> b directly
         self.next5 = self._pairs(sequences, range(1, 6))  # (V, V) sparse: b within 5 steps after a
+        # multi-hot of each item categorical feature, once: (V, C) per feature, padding column zeroed
+        self.multi_hot = (
+            {n: self._multi_hot(t) for n, t in item_features.categorical.items()} if item_features else {}
+        )
 
     def _pairs(self, sequences: Sequence[np.ndarray], gaps) -> sp.csr_matrix:
         rows, cols = [], []
@@ -168,7 +172,7 @@ class Featurizer:
         if self.items is not None:
             recent = [np.asarray(h[-self.cfg.recent :], dtype=np.int64) for h in histories]
             for name, table in self.items.categorical.items():
-                cols.append(self._share(table, recent, c))
+                cols.append(self._share(self.multi_hot[name], recent, c))
                 item_cats[name] = torch.from_numpy(table[c])  # (Q, K, M)
             for j in range(self.items.numeric.shape[1]):
                 x = self.items.numeric[:, j]  # (V,)
@@ -186,12 +190,16 @@ class Featurizer:
         return np.asarray(matrix[r.ravel(), cols.ravel()]).reshape(cols.shape)  # (Q, K)
 
     @staticmethod
-    def _share(table: np.ndarray, recent: list[np.ndarray], cand: np.ndarray) -> np.ndarray:
-        """Share of each user's recent items that share at least one value of `table` with the candidate."""
-        n_values = int(table.max()) + 1
-        onehot = np.zeros((len(table), n_values), dtype=np.float32)  # (V, C) multi-hot of values
+    def _multi_hot(table: np.ndarray) -> np.ndarray:
+        onehot = np.zeros((len(table), int(table.max()) + 1), dtype=np.float32)  # (V, C)
         np.put_along_axis(onehot, table, 1.0, axis=1)
         onehot[:, PAD] = 0.0
+        return onehot
+
+    @staticmethod
+    def _share(onehot: np.ndarray, recent: list[np.ndarray], cand: np.ndarray) -> np.ndarray:
+        """Share of each user's recent items that share at least one value (multi-hot `onehot`) with the
+        candidate."""
         out = np.zeros(cand.shape)
         for q, r in enumerate(recent):
             if len(r):

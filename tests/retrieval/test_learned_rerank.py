@@ -37,6 +37,23 @@ def _hr10(ranked: np.ndarray, targets: np.ndarray) -> float:
     return float(evaluate_ranked(ranked, targets[:, None], ks=(10,))["hr@10"].mean())
 
 
+def _fit_then_rerank(seqs, V, first, depth, item_f=None, user_f=None):
+    """The rule-abiding pipeline: statistics and reranker fitted on the validation items (s[-2]) with the
+    training parts (s[:-2]) as histories, then the test items (s[-1]) reranked -> (ranked, first-stage
+    candidates, test targets, fit info)."""
+    train = [s[:-2] for s in seqs]
+    rows = np.arange(len(seqs))
+    feat = Featurizer(train, V, item_f, user_f, CFG)
+    c, s = _topk(first(train), train, depth)
+    t = np.array([x[-2] for x in seqs])
+    labels = np.array([np.flatnonzero(r == y)[0] if y in r else -1 for r, y in zip(c, t)])
+    model, info = fit_reranker(feat.build(train, rows, c, [s]), labels, feat, CFG)
+    h = [x[:-1] for x in seqs]
+    c, s = _topk(first(h), h, depth)
+    ranked = order_by_scores(c, rerank_scores(model, feat.build(h, rows, c, [s])))
+    return ranked, c, np.array([x[-1] for x in seqs]), info
+
+
 def test_features_equal_brute_force_counts():
     rng = np.random.default_rng(0)
     V = 12
@@ -85,15 +102,7 @@ def test_fitting_recovers_co_occurrence_the_first_stage_lacks():
     train = [s[:-2] for s in seqs]
     pop = np.bincount(np.concatenate(train), minlength=V).astype(float)
     first = lambda hist: np.tile(pop + np.random.default_rng(len(hist)).random(V) * 1e-3, (len(hist), 1))  # noqa: E731
-    feat = Featurizer(train, V, config=CFG)
-    fit_c, fit_s = _topk(first(train), train, 60)
-    fit_t = np.array([s[-2] for s in seqs])
-    labels = np.array([np.flatnonzero(c == t)[0] if t in c else -1 for c, t in zip(fit_c, fit_t)])
-    model, info = fit_reranker(feat.build(train, np.arange(len(seqs)), fit_c, [fit_s]), labels, feat, CFG)
-    test_h = [s[:-1] for s in seqs]
-    test_t = np.array([s[-1] for s in seqs])
-    c, s = _topk(first(test_h), test_h, 60)
-    ranked = order_by_scores(c, rerank_scores(model, feat.build(test_h, np.arange(len(seqs)), c, [s])))
+    ranked, c, test_t, info = _fit_then_rerank(seqs, V, first, 60)
     assert info["holdout_ndcg@10"] > info["holdout_ndcg@10_first_stage"] + 0.1
     assert _hr10(ranked, test_t) > _hr10(c, test_t) + 0.15  # popularity alone vs + transitions
 
@@ -118,20 +127,12 @@ def test_side_features_add_a_user_trait_x_item_trait_signal():
     users = FeatureTable(pl.DataFrame({"user": [str(u) for u in range(U)], "trait": trait.astype(str)}), "user", ("trait",))  # fmt: skip
     item_f = align_features(items, [None] * FIRST_ITEM_ID + [str(i) for i in range(FIRST_ITEM_ID, V)])
     user_f = align_features(users, [str(u) for u in range(U)])
-    train = [s[:-2] for s in seqs]
     rand = lambda h: np.random.default_rng(len(h[0]) + len(h)).random((len(h), V))  # noqa: E731
     hr = {}
     for name, (fi, fu) in {"plain": (None, None), "features": (item_f, user_f)}.items():
         torch.manual_seed(0)
-        feat = Featurizer(train, V, fi, fu, CFG)
-        c, s = _topk(rand(train), train, 40)
-        t = np.array([x[-2] for x in seqs])
-        labels = np.array([np.flatnonzero(r == y)[0] if y in r else -1 for r, y in zip(c, t)])
-        model, _ = fit_reranker(feat.build(train, np.arange(U), c, [s]), labels, feat, CFG)
-        h = [x[:-1] for x in seqs]
-        c, s = _topk(rand(h), h, 40)
-        ranked = order_by_scores(c, rerank_scores(model, feat.build(h, np.arange(U), c, [s])))
-        hr[name] = _hr10(ranked, np.array([x[-1] for x in seqs]))
+        ranked, _, test_t, _ = _fit_then_rerank(seqs, V, rand, 40, fi, fu)
+        hr[name] = _hr10(ranked, test_t)
     # the target is among the 40 random candidates ~45 % of the time; ranking the ~20 of the user's kind
     # first doubles its chance of the top 10: HR@10 ~0.11 -> ~0.22
     assert hr["features"] > 0.18 and hr["plain"] < 0.15, hr
@@ -151,15 +152,8 @@ def test_leakage_rule_scores_chance_on_the_random_twin(twin):
     def first(hist):
         return counts[[h[-1] for h in hist]] + 1e-3 * np.random.default_rng(7).random((len(hist), V))
 
-    feat = Featurizer(train, V, config=CFG)
-    c, s = _topk(first(train), train, 50)
-    t = np.array([x[-2] for x in seqs])
-    labels = np.array([np.flatnonzero(r == y)[0] if y in r else -1 for r, y in zip(c, t)])
-    model, _ = fit_reranker(feat.build(train, np.arange(len(seqs)), c, [s]), labels, feat, CFG)
-    h = [x[:-1] for x in seqs]
-    c, s = _topk(first(h), h, 50)
-    ranked = order_by_scores(c, rerank_scores(model, feat.build(h, np.arange(len(seqs)), c, [s])))
-    hr = _hr10(ranked, np.array([x[-1] for x in seqs]))
+    ranked, _, test_t, _ = _fit_then_rerank(seqs, V, first, 50)
+    hr = _hr10(ranked, test_t)
     chance = 10 / data.num_items
     band = 4 * np.sqrt(chance * (1 - chance) / len(seqs))
     if twin:
