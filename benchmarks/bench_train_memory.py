@@ -3,7 +3,7 @@ CPU seconds per step of the training phase only (the recipe's model, data and ta
 the loss at the last step. One process per setting (peak RSS is per process); prints one JSON line.
 
     python benchmarks/bench_train_memory.py --data-dir DIR --out /tmp/mem --steps 10 --path plain|chunked \
-        [--budget-mb 16] [--malloc-reuse] [--threads N] [--set batch_size=64 ...]
+        [--budget-mb 16] [--malloc-reuse] [--threads N] [--recipe R.yaml] [--set batch_size=64 ...]
 
 --path plain swaps the chunked full-catalogue loss (`seqbert.tasks.chunked_ce`) for its reference,
 `F.cross_entropy` of the masked (M, V) logits (what `SeqRecommender.forward` ran before); both draw the same
@@ -49,6 +49,9 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--recipe", type=Path, default=RECIPE, help="a recommend recipe (default: SASRec+ ML-1M)"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--path", choices=("plain", "chunked"), default="chunked")
     parser.add_argument("--budget-mb", type=float, default=16.0, help="chunked: MiB of one (C, V) fp32 block")
@@ -63,7 +66,7 @@ def main() -> None:
         bert4rec.chunked_catalogue_ce = plain_catalogue_ce
     else:
         bert4rec.chunked_catalogue_ce = lambda *a: chunked_catalogue_ce(*a, budget_bytes=budget)
-    _, cfg = load_job_config(RECIPE, args.set)
+    _, cfg = load_job_config(args.recipe, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg.data, args.data_dir, args.out)
     torch.manual_seed(0)

@@ -298,10 +298,14 @@ class SeqRecommender(nn.Module):
 
         Leading columns that are padding in every row are dropped first and the positions shifted to
         match, which changes no real position's output (padding keys are masked) but saves their work:
-        with batches of similar length (`evaluate_ranking(sort_by_length=True)`) most of it.
+        with batches of similar length (`evaluate_ranking(sort_by_length=True)`) most of it. Outside
+        training only the query column goes through the last layer's attention and feed-forward
+        (`Bert.encode_last`, equal to the full encoding's last column).
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, L)
         first = shared_left_padding(mask)
+        if not self.training:
+            return self.bert.encode_last(ids[:, first:], mask[:, first:], position_offset=first)  # (B, H)
         hidden = self.bert(ids[:, first:], mask[:, first:], position_offset=first)  # (B, L - first, H)
         return hidden[:, -1]  # (B, H)
 

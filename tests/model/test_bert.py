@@ -242,6 +242,38 @@ def test_grouped_eval_equals_whole_batch_at_real_positions(causal, left):
         model(ids, mask * 0)
 
 
+@pytest.mark.parametrize(
+    "pre_ln,causal,layers", [(False, False, 2), (True, True, 2), (False, True, 1), (True, False, 3)]
+)
+def test_encode_last_equals_the_full_encoding_at_the_last_column(pre_ln, causal, layers):
+    """The recommenders' query path: only the last column goes through the last layer after its keys and
+    values, with left padding, a shifted position offset, full rows (no mask) and under autograd."""
+    config = BertConfig(
+        **{**TINY.__dict__, "causal": causal, "pre_ln": pre_ln, "num_layers": layers, "max_len": 64}
+    )
+    model = Bert(config).eval()
+    ids, mask, _ = varied_lengths(left=True)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.encode_last(ids, mask), model.encode(ids, mask)[:, -1], atol=1e-5, rtol=1e-5
+        )
+        shifted = model.encode_last(ids[:, 1:], mask[:, 1:], position_offset=1)
+        torch.testing.assert_close(
+            shifted, model.encode(ids[:, 1:], mask[:, 1:], position_offset=1)[:, -1], atol=1e-5, rtol=1e-5
+        )
+        full = torch.ones_like(mask)
+        torch.testing.assert_close(
+            model.encode_last(ids, full), model.encode(ids, full)[:, -1], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(model.encode_last(ids), model.encode(ids)[:, -1], atol=1e-5, rtol=1e-5)
+    # under autograd (plain nn.Linear instead of the oneDNN call) and the gradient reaches every layer
+    out = model.encode_last(ids, mask)
+    torch.testing.assert_close(out, model.encode(ids, mask)[:, -1], atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert model.layers[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.layers[-1].attn.qkv.weight.grad[: config.hidden_size].abs().sum() > 0
+
+
 @pytest.mark.slow
 def test_inference_compiles_with_torch_compile():
     """torch.compile traces the nn.Linear path (inductor cannot lower the oneDNN call it would meet)."""
