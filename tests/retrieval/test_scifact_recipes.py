@@ -293,3 +293,16 @@ def test_tuned_rerank_fusion_mixes_first_stage_and_cross_encoder_over_the_top_d(
     # minmax: first (1, .5, 0), cross-encoder (0, .1, 1) -> (.5, .3, .5); the tie keeps first-stage order
     assert order("tuned", (0.5, 0.5)).tolist() == [[5, 7, 6, 8]]
     assert order("rrf").tolist() == rrf([cands[:, :4], np.array([[7, 6, 5, 8]])], 60, 4).tolist()
+
+
+def test_cache_fingerprint_follows_the_weights_not_their_path(tmp_path):
+    from seqbert.jobs.text_pipeline import fingerprint
+
+    a, b, c = tmp_path / "a", tmp_path / "moved" / "b", tmp_path / "c"
+    for d, weights in ((a, b"weights"), (b, b"weights"), (c, b"other")):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(weights)
+    (tmp_path / "link").symlink_to(a)
+    assert fingerprint(a) == fingerprint(b) == fingerprint(tmp_path / "link") != fingerprint(c)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        fingerprint(tmp_path)
