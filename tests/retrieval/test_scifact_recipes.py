@@ -151,6 +151,22 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
         assert np.mean(per_query["ndcg@10"][name]) == pytest.approx(stages[name]["ndcg@10"])
         assert c["diff"] == pytest.approx(stages[name]["ndcg@10"] - stages[base]["ndcg@10"])
         assert c["p_holm"] >= c["p_value"] and c["diff_low"] <= c["diff"] <= c["diff_high"]
+    # ... and every reranking stage with the best first stage of all (the tuned `fused` included)
+    firsts = ("bm25", "dense", "bge", "hybrid", "fused")
+    top = report["best_first_stage"]
+    assert (
+        stages[top]["ndcg@10"]
+        == max(stages[n]["ndcg@10"] for n in firsts)
+        == report["best_first_stage_ndcg@10"]
+    )
+    vs_top = report["comparisons_vs_best_first_stage"]
+    assert set(vs_top) == {n for n in stages if "@" in n}
+    for name, c in vs_top.items():
+        assert c["baseline"] == top and c["diff"] == pytest.approx(
+            stages[name]["ndcg@10"] - stages[top]["ndcg@10"]
+        )
+    assert report["best_two_stage_vs_best_first_stage"] == vs_top[report["best_two_stage"]]
+    assert stages[report["best_two_stage"]]["ndcg@10"] == max(stages[n]["ndcg@10"] for n in vs_top)
     cache = sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("corpus_*.npy"))
     assert cache == ["bge", "dense"]  # one file per encoder setting, keyed by pooling / prefix / length
     assert len(list((tmp_path / "cache").glob("cross_encoder_*.json"))) == 2
