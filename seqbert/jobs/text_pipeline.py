@@ -120,8 +120,10 @@ class RerankFusionConfig:
             and self.max_queries is not None
             and self.max_queries > self.holdout.queries
         ):
-            raise ValueError(f"rerank_fusion.max_queries ({self.max_queries}) exceeds holdout.queries "
-                             f"({self.holdout.queries}); set it to null to tune on the whole holdout")  # fmt: skip
+            raise ValueError(
+                f"rerank_fusion.max_queries ({self.max_queries}) exceeds holdout.queries "
+                f"({self.holdout.queries}); set it to null to tune on the whole holdout"
+            )
         _check_methods("rerank_fusion", self.methods)
         _check_step("rerank_fusion", self.step)
 
@@ -581,7 +583,8 @@ def check_unseen(model_dir: str, dataset: str, split: str, qids: list[str], role
     if seen:
         raise ValueError(
             f"{model_dir} was fine-tuned on {len(seen)} of the {len(qids)} {split} queries {role} "
-            f"(e.g. {seen[:3]}); hold them out of fine-tuning (rerank job `holdout`, the same in rerank_fusion)"
+            f"(e.g. {seen[:3]}); hold them out of fine-tuning (the rerank job's `holdout`, the same in "
+            "rerank_fusion)"
         )
 
 

@@ -8,8 +8,9 @@
   cross-encoder against the first stage: weights tuned on queries whose labels the cross-encoder was trained
   on would trust it too much) -> top-`negatives_depth` per query of a first stage (BM25, or the lists of
   `negatives_from`, a `text_pipeline` run's exported candidates: the first stage the cross-encoder will
-  rerank) minus its judged documents = the hard-negative pool -> rows (query, one positive, pool) -> groups of 1 positive + G-1 negatives drawn
-  afresh each epoch -> listwise softmax (or pointwise BCE) through the seqbert training loop ->
+  rerank) minus its judged documents = the hard-negative pool -> rows (query, one positive, pool) ->
+  groups of 1 positive + G-1 negatives drawn afresh each epoch -> listwise softmax (or pointwise BCE)
+  through the seqbert training loop ->
   `OUT/hf/` (config.json, model.safetensors, tokenizer.json), loadable by `load_cross_encoder` and by
   `transformers.BertForSequenceClassification`. `freeze_layers` keeps the embeddings and the bottom N blocks
   fixed (less backward cost on a CPU; guards the MS MARCO skill against a small train set's over-fitting).

@@ -90,7 +90,8 @@ def test_drop_self_hits_is_beirs_rule(tmp_path):
 
 def test_finetune_then_pipeline_end_to_end(tmp_path):
     data_dir, encoder, reranker = tiny_world(tmp_path)
-    ft = ["holdout={queries: 4, seed: 0}", "negatives_from=null", "negatives_depth=6", "group_size=3", "max_len=32", "batch_size=4", "freeze_layers=1",
+    ft = ["holdout={queries: 4, seed: 0}", "negatives_from=null", "negatives_depth=6", "group_size=3",
+          "max_len=32", "batch_size=4", "freeze_layers=1",
           f"init_dir={reranker}", "train.max_steps=3", "train.log_every=1", "train.progress=false",
           "train.device=cpu", "train.precision=fp32", "threads=1", "train.lr=0.0001",
           "train.warmup_steps=0", "train.checkpoint_every=0", "train.max_seconds=null"]  # fmt: skip
@@ -185,7 +186,8 @@ TINY_ENCODERS = (
 )
 TINY_FINETUNE = ["negatives_depth=6", "group_size=3", "max_len=32", "batch_size=2", "freeze_layers=1",
                  "train.max_steps=1", "train.progress=false", "train.device=cpu", "train.precision=fp32",
-                 "threads=1", "train.warmup_steps=0", "train.checkpoint_every=0", "train.max_seconds=null"]  # fmt: skip
+                 "threads=1", "train.warmup_steps=0", "train.checkpoint_every=0",
+                 "train.max_seconds=null"]  # fmt: skip
 
 
 def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_queries(tmp_path):
@@ -196,7 +198,8 @@ def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_
     data_dir, encoder, reranker = tiny_world(tmp_path)
     pipe = [f"cache_dir={tmp_path / 'cache'}", TINY_ENCODERS.format(encoder), "depth=20", "rerank_depth=5",
             "rerank_max_len=32", "latency_queries=0", "threads=1", "n_resamples=50", "fusion.step=0.25",
-            "rerank_fusion.step=0.5", "rerank_fusion.holdout={queries: 4, seed: 0}", "reranker_dir=null"]  # fmt: skip
+            "rerank_fusion.step=0.5", "rerank_fusion.holdout={queries: 4, seed: 0}",
+            "reranker_dir=null"]  # fmt: skip
     # 1. the first stages alone, exporting the fused train lists
     first = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "first", [*pipe, "finetuned_dir=null"],
                     str(data_dir))  # fmt: skip
@@ -222,7 +225,8 @@ def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_
     for q, pos, pool in zip(rows["query"], rows["positive"], rows["negatives"]):
         fused = [row_of[d] for d in exported["lists"][kept[q]][:6]]
         assert pool[pool >= 0].tolist() == [d for d in fused if d != pos]  # the fused top 6 minus the judged
-    # 3. (the end-to-end test runs the pipeline with the holdout) tuning on queries the cross-encoder was fine-tuned on is refused (before any scoring)
+    # 3. (the end-to-end test runs the pipeline with the holdout) tuning on queries the cross-encoder was
+    # fine-tuned on is refused, before any scoring
     ok = [*pipe, f"finetuned_dir={result['hf_dir']}", "export_candidates=null"]
     assert set(list(train.queries)[:4]) & set(kept)
     for leak in (["rerank_fusion.holdout=null", "rerank_fusion.max_queries=4"],  # the first 4 train queries
@@ -231,8 +235,9 @@ def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_
             run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak", [*ok, *leak], str(data_dir))
     # ... and so is reporting on them
     with pytest.raises(ValueError, match="reported here"):
-        run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak2", [*ok, "data.split=train",
-                "fusion.split=test", "rerank_fusion.split=test", "rerank_fusion.holdout=null"], str(data_dir))  # fmt: skip
+        wrong = [*ok, "data.split=train", "fusion.split=test", "rerank_fusion.split=test",
+                 "rerank_fusion.holdout=null"]  # fmt: skip
+        run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak2", wrong, str(data_dir))
 
 
 def test_candidate_files_are_checked(tmp_path):
