@@ -199,7 +199,7 @@ def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_
     pipe = [f"cache_dir={tmp_path / 'cache'}", TINY_ENCODERS.format(encoder), "depth=20", "rerank_depth=5",
             "rerank_max_len=32", "latency_queries=0", "threads=1", "n_resamples=50", "fusion.step=0.25",
             "rerank_fusion.step=0.5", "rerank_fusion.holdout={queries: 4, seed: 0}",
-            "reranker_dir=null"]  # fmt: skip
+            "rerank_fusion.max_queries=null", "reranker_dir=null"]  # fmt: skip
     # 1. the first stages alone, exporting the fused train lists
     first = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "first", [*pipe, "finetuned_dir=null"],
                     str(data_dir))  # fmt: skip
