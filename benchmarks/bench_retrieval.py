@@ -156,20 +156,27 @@ def scifact_summary(path: Path) -> dict:
     out.update({
         "best_ndcg@10": stages[report["best_pipeline"]]["ndcg@10"],
         "best_pipeline": report["best_pipeline"],
-        "best_first_stage": report.get("baseline"),
-        "best_first_stage_ndcg@10": report.get("baseline_ndcg@10"),
+        "best_first_stage": report.get("best_first_stage", report.get("baseline")),
+        "best_first_stage_ndcg@10": report.get("best_first_stage_ndcg@10", report.get("baseline_ndcg@10")),
+        "untuned_baseline": report.get("baseline"),
+        "untuned_baseline_ndcg@10": report.get("baseline_ndcg@10"),
     })  # fmt: skip
-    best = report.get("best_vs_baseline")
+    # p_value: the best two-stage pipeline against the best first stage (tuned fusion included) when the run
+    # reports it; older runs only compared with the best untuned first stage
+    best = report.get("best_two_stage_vs_best_first_stage") or report.get("best_vs_baseline")
     if best:
-        out.update({"p_value": best["p_value"], "p_value_holm": best["p_holm"],
+        out.update({"diff": best["diff"], "p_value": best["p_value"], "p_value_holm": best["p_holm"],
                     "diff_ci95": [best["diff_low"], best["diff_high"]]})  # fmt: skip
+    if "best_two_stage" in report:
+        out["best_two_stage"] = report["best_two_stage"]
+        out["best_two_stage_ndcg@10"] = stages[report["best_two_stage"]]["ndcg@10"]
     for tag, prefix in (("seqbert", "rerank_seqbert"), ("msmarco", "rerank_msmarco")):
         for kind, key in (("", ""), ("+rrf", "_rrf"), ("+tuned", "_tuned")):
             value, stage = best_of(prefix, kind)
             if stage is not None:
                 out[f"{tag}_reranker{key}_ndcg@10"] = value
                 out[f"{tag}_reranker{key}_pipeline"] = stage
-    for key in ("fusion", "rerank_fusion", "comparisons"):
+    for key in ("fusion", "rerank_fusion", "comparisons", "comparisons_vs_best_first_stage"):
         if key in report:
             out[key] = report[key]
     out["stages"] = stages

@@ -7,6 +7,7 @@ read). Every id stays a string, as in BEIR, so numeric-looking ids never lose le
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +108,15 @@ def drop_self_hits(ranked: np.ndarray, qids: list[str], data: BeirData) -> np.nd
             keep = out[r][out[r] != row_of[q]]
             out[r] = np.concatenate([keep, np.full(len(out[r]) - len(keep), -1)])
     return out
+
+
+def holdout_split(qids: list[str], n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split query ids into (kept, held out): the held-out set is the `n` ids with the smallest
+    sha1(f"{seed}:{id}"), so it depends only on the ids and the seed, never on file order or on which job
+    asks; a job fine-tuning on `kept` and another tuning on `held out` agree without sharing a file.
+    Both lists keep `qids`' order."""
+    if not 0 < n < len(qids):
+        raise ValueError(f"holdout of {n} queries: expected 1..{len(qids) - 1} (the split has {len(qids)})")
+    rank = sorted(qids, key=lambda q: hashlib.sha1(f"{seed}:{q}".encode()).hexdigest())
+    held = set(rank[:n])
+    return [q for q in qids if q not in held], [q for q in qids if q in held]

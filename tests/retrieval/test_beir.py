@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import require_data
 
-from seqbert.retrieval.beir import load_beir, read_qrels
+from seqbert.retrieval.beir import holdout_split, load_beir, read_qrels
 
 
 def write_beir(root: Path) -> Path:
@@ -28,6 +28,21 @@ def test_load_beir_reads_the_layout(tmp_path):
     assert data.doc_texts == ["Alpha first doc", "second"]
     assert data.queries == {"q1": "alpha?"}  # only judged queries
     assert data.qrels == {"q1": {"d1": 1, "007": 2}}
+
+
+def test_holdout_split_depends_only_on_ids_and_seed():
+    qids = [f"q{i}" for i in range(50)]
+    kept, held = holdout_split(qids, 12, seed=3)
+    assert len(held) == 12 and len(kept) == 38 and not set(kept) & set(held)
+    assert kept + held != qids and sorted(kept + held) == sorted(qids)  # a real split, nothing dropped
+    assert kept == [q for q in qids if q in set(kept)]  # order kept
+    shuffled = qids[::-1]  # another job reading the ids in another order holds out the same queries
+    assert set(holdout_split(shuffled, 12, seed=3)[1]) == set(held)
+    assert set(holdout_split(qids, 12, seed=4)[1]) != set(held)
+    assert set(holdout_split(qids, 13, seed=3)[1]) > set(held)  # one more: the same twelve and another
+    for n in (0, 50):
+        with pytest.raises(ValueError, match="holdout of"):
+            holdout_split(qids, n)
 
 
 def test_errors_name_file_and_line(tmp_path):

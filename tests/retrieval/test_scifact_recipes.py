@@ -90,12 +90,13 @@ def test_drop_self_hits_is_beirs_rule(tmp_path):
 
 def test_finetune_then_pipeline_end_to_end(tmp_path):
     data_dir, encoder, reranker = tiny_world(tmp_path)
-    ft = ["negatives_depth=6", "group_size=3", "max_len=32", "batch_size=4", "freeze_layers=1",
+    ft = ["holdout={queries: 4, seed: 0}", "negatives_from=null", "negatives_depth=6", "group_size=3",
+          "max_len=32", "batch_size=4", "freeze_layers=1",
           f"init_dir={reranker}", "train.max_steps=3", "train.log_every=1", "train.progress=false",
           "train.device=cpu", "train.precision=fp32", "threads=1", "train.lr=0.0001",
           "train.warmup_steps=0", "train.checkpoint_every=0", "train.max_seconds=null"]  # fmt: skip
     result = run_job(RECIPES / "scifact_finetune.yaml", tmp_path / "ft", ft, str(data_dir))
-    assert result["steps"] == 3 and result["train_rows"] == 8
+    assert result["steps"] == 3 and result["train_rows"] == 4  # 8 train queries, 4 held out
     logged = [json.loads(x) for x in (tmp_path / "ft" / "train" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in logged if "loss" in x]
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4), losses
@@ -106,7 +107,9 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     overrides = [f"cache_dir={tmp_path / 'cache'}", encoders, f"reranker_dir={reranker}",
                  f"finetuned_dir={result['hf_dir']}", "depth=20", "rerank_depth=5", "rerank_max_len=32",
                  "rerank_sources=[hybrid, fused]", "latency_queries=2", "threads=1", "n_resamples=50",
-                 "fusion.step=0.25", "rerank_fusion.max_queries=4", "rerank_fusion.step=0.5"]  # fmt: skip
+                 "fusion.step=0.25", "rerank_fusion.holdout={queries: 4, seed: 0}",
+                 "rerank_fusion.max_queries=null",
+                 "rerank_fusion.step=0.5", "export_candidates=null"]  # fmt: skip
     report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))
     stages = report["stages"]
     reranked = {f"rerank_{m}@{s}5" for m in ("msmarco", "seqbert") for s in ("hybrid", "fused")}
@@ -137,6 +140,7 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     assert fusion["tune_ndcg@10"] >= max(fusion["tune_ndcg@10_single_source"].values()) - 1e-12
     tuned = report["rerank_fusion"]["rerank_msmarco@fused5+tuned"]
     assert tuned["queries"] == 4 and tuned["tune_ndcg@10"] >= tuned["tune_ndcg@10_first_stage"] - 1e-12
+    assert report["rerank_fusion"]["rerank_seqbert@fused5+tuned"]["holdout"] == {"queries": 4, "seed": 0}
     # every stage is compared per query with the best untuned first stage
     per_query = json.loads((tmp_path / "run" / "per_query.json").read_text())
     assert per_query["qids"] == qids
@@ -148,6 +152,22 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
         assert np.mean(per_query["ndcg@10"][name]) == pytest.approx(stages[name]["ndcg@10"])
         assert c["diff"] == pytest.approx(stages[name]["ndcg@10"] - stages[base]["ndcg@10"])
         assert c["p_holm"] >= c["p_value"] and c["diff_low"] <= c["diff"] <= c["diff_high"]
+    # ... and every reranking stage with the best first stage of all (the tuned `fused` included)
+    firsts = ("bm25", "dense", "bge", "hybrid", "fused")
+    top = report["best_first_stage"]
+    assert (
+        stages[top]["ndcg@10"]
+        == max(stages[n]["ndcg@10"] for n in firsts)
+        == report["best_first_stage_ndcg@10"]
+    )
+    vs_top = report["comparisons_vs_best_first_stage"]
+    assert set(vs_top) == {n for n in stages if "@" in n}
+    for name, c in vs_top.items():
+        assert c["baseline"] == top and c["diff"] == pytest.approx(
+            stages[name]["ndcg@10"] - stages[top]["ndcg@10"]
+        )
+    assert report["best_two_stage_vs_best_first_stage"] == vs_top[report["best_two_stage"]]
+    assert stages[report["best_two_stage"]]["ndcg@10"] == max(stages[n]["ndcg@10"] for n in vs_top)
     cache = sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("corpus_*.npy"))
     assert cache == ["bge", "dense"]  # one file per encoder setting, keyed by pooling / prefix / length
     assert len(list((tmp_path / "cache").glob("cross_encoder_*.json"))) == 2
@@ -159,6 +179,87 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     assert (
         json.loads((tmp_path / "run" / "metrics.json").read_text())["best_pipeline"] == again["best_pipeline"]
     )
+
+
+TINY_ENCODERS = (
+    "encoders=[{{name: dense, model_dir: {0}, max_len: 32}}, {{name: bge, model_dir: {0}, max_len: 32}}]"
+)
+TINY_FINETUNE = ["negatives_depth=6", "group_size=3", "max_len=32", "batch_size=2", "freeze_layers=1",
+                 "train.max_steps=1", "train.progress=false", "train.device=cpu", "train.precision=fp32",
+                 "threads=1", "train.warmup_steps=0", "train.checkpoint_every=0",
+                 "train.max_seconds=null"]  # fmt: skip
+
+
+def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_queries(tmp_path):
+    from seqbert.jobs import load_job_config
+    from seqbert.jobs.text_rerank import candidate_rows, hard_negative_rows
+    from seqbert.retrieval.beir import holdout_split
+
+    data_dir, encoder, reranker = tiny_world(tmp_path)
+    pipe = [f"cache_dir={tmp_path / 'cache'}", TINY_ENCODERS.format(encoder), "depth=20", "rerank_depth=5",
+            "rerank_max_len=32", "latency_queries=0", "threads=1", "n_resamples=50", "fusion.step=0.25",
+            "rerank_fusion.step=0.5", "rerank_fusion.holdout={queries: 4, seed: 0}",
+            "rerank_fusion.max_queries=null", "reranker_dir=null"]  # fmt: skip
+    # 1. the first stages alone, exporting the fused train lists
+    first = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "first", [*pipe, "finetuned_dir=null"],
+                    str(data_dir))  # fmt: skip
+    exported = json.loads(Path(first["candidates_file"]).read_text())
+    train = load_beir(data_dir / "scifact", "train")
+    assert (exported["split"], exported["source"]) == ("train", "fused") and list(exported["lists"]) == list(
+        train.queries
+    )
+    # 2. fine-tune on the train queries minus the 4 held out, negatives mined from those fused lists
+    ft = [
+        *TINY_FINETUNE,
+        f"init_dir={reranker}",
+        f"negatives_from={first['candidates_file']}",
+        "holdout={queries: 4, seed: 0}",
+    ]
+    result = run_job(RECIPES / "scifact_finetune.yaml", tmp_path / "ft", ft, str(data_dir))
+    kept, held = holdout_split(list(train.queries), 4, seed=0)
+    trained = json.loads((Path(result["hf_dir"]) / "trained_queries.json").read_text())
+    assert trained["query_ids"] == kept and result["train_queries"] == 4 and result["held_out_queries"] == 4
+    cfg = load_job_config(RECIPES / "scifact_finetune.yaml", ft)[1]
+    rows = hard_negative_rows(train, kept, candidate_rows(cfg, train, kept))
+    row_of = {d: i for i, d in enumerate(train.doc_ids)}
+    for q, pos, pool in zip(rows["query"], rows["positive"], rows["negatives"]):
+        fused = [row_of[d] for d in exported["lists"][kept[q]][:6]]
+        assert pool[pool >= 0].tolist() == [d for d in fused if d != pos]  # the fused top 6 minus the judged
+    # 3. (the end-to-end test runs the pipeline with the holdout) tuning on queries the cross-encoder was
+    # fine-tuned on is refused, before any scoring
+    ok = [*pipe, f"finetuned_dir={result['hf_dir']}", "export_candidates=null"]
+    assert set(list(train.queries)[:4]) & set(kept)
+    for leak in (["rerank_fusion.holdout=null", "rerank_fusion.max_queries=4"],  # the first 4 train queries
+                 ["rerank_fusion.holdout={queries: 4, seed: 1}"]):  # another holdout  # fmt: skip
+        with pytest.raises(ValueError, match="was fine-tuned on .* that rerank_fusion tunes on"):
+            run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak", [*ok, *leak], str(data_dir))
+    # ... and so is reporting on them
+    with pytest.raises(ValueError, match="reported here"):
+        wrong = [*ok, "data.split=train", "fusion.split=test", "rerank_fusion.split=test",
+                 "rerank_fusion.holdout=null"]  # fmt: skip
+        run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak2", wrong, str(data_dir))
+
+
+def test_candidate_files_are_checked(tmp_path):
+    from seqbert.jobs.text_io import read_candidates, write_candidates
+    from seqbert.jobs.text_rerank import BeirDataConfig, RerankJob, candidate_rows
+    from seqbert.training.loop import TrainConfig
+
+    data_dir, _, reranker = tiny_world(tmp_path)
+    train = load_beir(data_dir / "scifact", "train")
+    path = tmp_path / "c.json"
+    write_candidates(path, "scifact", "train", "fused", {"q4": ["d3", "d9"]})
+    assert read_candidates(path, "scifact", "train")["depth"] == 2
+    with pytest.raises(ValueError, match="candidates of scifact/train, expected scifact/test"):
+        read_candidates(path, "scifact", "test")
+    cfg = RerankJob(train=TrainConfig(max_steps=1), init_dir=str(reranker), negatives_from=str(path),
+                    negatives_depth=3, group_size=2, data=BeirDataConfig(split="train"))  # fmt: skip
+    assert candidate_rows(cfg, train, ["q4"]).tolist() == [[3, 9, -1]]
+    with pytest.raises(ValueError, match="no candidate list for query 'q5'"):
+        candidate_rows(cfg, train, ["q4", "q5"])
+    write_candidates(path, "scifact", "train", "fused", {"q4": ["nope"]})
+    with pytest.raises(ValueError, match="not in the corpus"):
+        candidate_rows(cfg, train, ["q4"])
 
 
 # group of 3 with a fresh-ish tiny model starts near ln 3 = 1.0986; measured with torch 2.13.0 CPU, a change
@@ -213,3 +314,16 @@ def test_tuned_rerank_fusion_mixes_first_stage_and_cross_encoder_over_the_top_d(
     # minmax: first (1, .5, 0), cross-encoder (0, .1, 1) -> (.5, .3, .5); the tie keeps first-stage order
     assert order("tuned", (0.5, 0.5)).tolist() == [[5, 7, 6, 8]]
     assert order("rrf").tolist() == rrf([cands[:, :4], np.array([[7, 6, 5, 8]])], 60, 4).tolist()
+
+
+def test_cache_fingerprint_follows_the_weights_not_their_path(tmp_path):
+    from seqbert.jobs.text_pipeline import fingerprint
+
+    a, b, c = tmp_path / "a", tmp_path / "moved" / "b", tmp_path / "c"
+    for d, weights in ((a, b"weights"), (b, b"weights"), (c, b"other")):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(weights)
+    (tmp_path / "link").symlink_to(a)
+    assert fingerprint(a) == fingerprint(b) == fingerprint(tmp_path / "link") != fingerprint(c)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        fingerprint(tmp_path)
