@@ -383,9 +383,8 @@ class Bert(nn.Module):
         B, L = input_ids.shape
         allowed = attention_bias(attention_mask, self.config.causal, L, input_ids.device)
         # the last column's row of the mask: every real key (a causal mask's last row is all ones)
-        key_allowed = None if attention_mask is None or bool(attention_mask.all()) else allowed
-        if key_allowed is not None and self.config.causal:
-            key_allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        full = attention_mask is None or bool(attention_mask.all())
+        key_allowed = None if full else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
         x = self.embeddings(input_ids, None, position_offset)  # (B, L, H)
         for layer in self.layers[:-1]:
             x = layer(x, allowed)  # (B, L, H)
