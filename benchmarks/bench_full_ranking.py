@@ -1,5 +1,9 @@
-"""Full-ranking evaluation time of a trained recommender: the query path (`Bert.encode_last`: the last layer
-runs only the query column after its keys and values) against encoding every column, in one process.
+"""Full-ranking evaluation time of a trained recommender, in one process:
+1. the query path (`Bert.encode_last`: the last layer runs only the query column after its keys and values)
+   against encoding every column;
+2. the whole `evaluate_ranking` (full protocol, strict seen items, as the recommend job's eval_seconds_full)
+   by one caller with --threads intra-op threads against --threads single-threaded workers
+   (`evaluate_ranking(workers=...)`); their ranks must be equal.
 
     python benchmarks/bench_full_ranking.py RUN_DIR [RUN_DIR ...] [--threads 2] [--rounds 3] [--batch-size 64]
 
@@ -18,6 +22,8 @@ import time
 import numpy as np
 import torch
 
+from seqbert.data.vocab import MASK_ID, PAD_ID
+from seqbert.evaluation.ranking import evaluate_ranking
 from seqbert.recommender import Recommender
 from seqbert.tasks.bert4rec import score_histories, shared_left_padding
 
@@ -69,6 +75,33 @@ def main() -> None:
             "every_column_s": round(best["every_column"], 3), "query_column_s": round(best["query_column"], 3),
             "speedup": round(best["every_column"] / best["query_column"], 2), "max_abs_score_diff": max_diff,
         }))  # fmt: skip
+        model.query_hidden = fast
+        evaluation(rec, histories, args)
+
+
+def evaluation(rec: Recommender, histories: list[np.ndarray], args: argparse.Namespace) -> None:
+    """evaluate_ranking of every user's last item: one caller with N threads vs N single-threaded workers."""
+    targets = np.array([h[-1] for h in rec.histories.values() if len(h) > 1])
+    common = dict(
+        num_items=rec.model.config.vocab_size, batch_size=args.batch_size, exclude_ids=(PAD_ID, MASK_ID),
+        sort_by_length=True,
+    )  # fmt: skip
+    seconds: dict[str, list[float]] = {"one_caller": [], "workers": []}
+    ranks = {}
+    for _ in range(args.rounds):
+        for name, workers in (("one_caller", 1), ("workers", args.threads)):
+            start = time.perf_counter()
+            result = evaluate_ranking(rec.score_histories, histories, targets, workers=workers, **common)
+            seconds[name].append(time.perf_counter() - start)
+            ranks[name] = result.ranks
+    best = {name: min(values) for name, values in seconds.items()}
+    print(json.dumps({
+        "evaluate_ranking": "full, strict", "users": len(targets), "threads": args.threads,
+        "one_caller_s": round(best["one_caller"], 3), "workers_s": round(best["workers"], 3),
+        "speedup": round(best["one_caller"] / best["workers"], 2),
+        "rounds_s": {k: [round(v, 3) for v in vs] for k, vs in seconds.items()},
+        "same_ranks": bool(np.array_equal(ranks["one_caller"], ranks["workers"])),
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":

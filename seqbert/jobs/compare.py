@@ -99,6 +99,7 @@ def run(cfg: CompareJob, out: Path, data_dir: str | None = None) -> dict:
         batch_size=cfg.batch_size,
         exclude_ids=(PAD_ID, MASK_ID),
         sort_by_length=True,
+        workers=torch.get_num_threads(),  # one single-threaded worker per torch thread
     )
     results = {}
     with torch.no_grad():

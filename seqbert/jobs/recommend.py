@@ -126,7 +126,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     valid_users: int = 0  # users scored at each periodic validation (0 = all); a fixed seeded subset
-    batch_size: int = 64  # small length-sorted batches trim more shared padding: faster full ranking
+    batch_size: int = 128  # users per length-sorted batch, one batch per core at once (RESULTS: eval workers)
     curve: bool = True  # also score the test split at each evaluation, for the quality-over-time curve
     negatives_seed: int = 42
     # seen items at ranking time (seqbert.evaluation.ranking): "strict" removes them all, a seen target
@@ -273,8 +273,9 @@ def run_protocols(
     score_fn, test: dict, vocab_size: int, batch_size: int, exclude_seen: str = "strict"
 ) -> dict[str, dict[str, float]]:
     common = dict(
-        num_items=vocab_size, batch_size=batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True
-    )
+        num_items=vocab_size, batch_size=batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True,
+        workers=torch.get_num_threads(),  # one single-threaded worker per torch thread (ranking._map_batches)
+    )  # fmt: skip
     full = evaluate_ranking(score_fn, test["histories"], test["targets"], exclude_seen=exclude_seen, **common)
     out = {"full": full.metrics}
     for name, cands in test["negatives"].items():
@@ -385,8 +386,9 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
     recommender = Recommender.from_parts(model, ds.vocab, names)
     score_fn = recommender.score_histories
     common = dict(
-        num_items=V, batch_size=cfg.eval.batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True
-    )
+        num_items=V, batch_size=cfg.eval.batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True,
+        workers=torch.get_num_threads(),  # one single-threaded worker per torch thread (ranking._map_batches)
+    )  # fmt: skip
 
     def evaluate(_model) -> dict[str, float]:
         res = evaluate_ranking(score_fn, valid_hist, valid_targets, ks=(10,), **common).metrics

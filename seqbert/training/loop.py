@@ -360,6 +360,7 @@ def _train(
         record = dict(step=state.step, epoch=state.epoch, loss=loss_value, lr=lr, grad_norm=grad_norm)
         record |= dict(seconds=round(state.seconds, 3), train_seconds=round(state.train_seconds, 3))
         record |= dict(items_per_s=throughput)
+        record |= _memory_mb()
         improved = False
         if evaluate is not None and (stop or (config.eval_every and state.step % config.eval_every == 0)):
             t_eval = clock()
@@ -432,6 +433,24 @@ _GLIBC = _load_glibc()
 # mallopt parameters (glibc malloc.h) and their defaults, restored when training ends
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _MALLOPT_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+def _memory_mb() -> dict[str, float]:
+    """This process's resident memory now and its high-water mark so far, in MB (Linux; {} elsewhere).
+
+    Logged before the trim at each log line, so a rising `rss_mb` between logs shows heap growth and
+    `peak_rss_mb` says when the run's peak happened (training step, evaluation or checkpoint).
+    """
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+    except (ImportError, OSError, IndexError, ValueError):
+        return {}
+    rss = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def _release_freed_memory() -> None:

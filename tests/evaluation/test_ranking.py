@@ -201,3 +201,43 @@ def test_sort_by_length_reorders_calls_but_not_results():
         assert a.metrics == b.metrics
     lengths = [n for batch in calls[: len(calls) // 2] for n in batch]
     assert lengths == sorted(lengths)  # shortest first, in batches
+
+
+@pytest.mark.parametrize("protocol", ["full", "sampled"])
+def test_workers_give_the_same_results_as_one_caller(protocol):
+    """Batches scored on a pool of single-threaded workers: same ranks, top-C, metrics and repeat rate as
+    one caller, with grad mode off inside the workers and the caller's torch thread count left as it was."""
+    rng = np.random.default_rng(5)
+    V = 40
+    histories = [rng.choice(np.arange(1, V), size=rng.integers(1, 15), replace=False) for _ in range(53)]
+    targets = rng.integers(1, V, size=53)  # some targets are in their history: strict makes them misses
+    bag, out = torch.nn.EmbeddingBag(V, 16, mode="mean").eval(), torch.nn.Linear(16, V).eval()
+    grad_modes, threads_seen = set(), set()
+
+    def score_fn(hist):  # a model in eval mode: thread-safe, depends on the histories only
+        grad_modes.add(torch.is_grad_enabled())
+        threads_seen.add(torch.get_num_threads())
+        flat = torch.from_numpy(np.concatenate(hist))
+        offsets = torch.from_numpy(np.cumsum([0] + [len(h) for h in hist[:-1]]))
+        return out(bag(flat, offsets)).round(decimals=1)  # (B, V) with ties
+
+    negatives = np.stack([rng.choice(np.setdiff1d(np.arange(1, V), [t]), 6, replace=False) for t in targets])
+    cands = negatives if protocol == "sampled" else None
+    kwargs = dict(protocol=protocol, candidates=cands, batch_size=4, exclude_ids=(0,), sort_by_length=True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the reference runs single-threaded kernels, as the workers do
+        one = evaluate_ranking(score_fn, histories, targets, V, **kwargs)
+        torch.set_num_threads(2)
+        grad_modes.clear(), threads_seen.clear()
+        pool = evaluate_ranking(score_fn, histories, targets, V, workers=3, **kwargs)
+        assert torch.get_num_threads() == 2  # the caller's setting, restored
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one.ranks, pool.ranks)
+    np.testing.assert_array_equal(one.topk, pool.topk)
+    assert one.metrics == pool.metrics and one.repeat_rate == pool.repeat_rate > 0
+    assert np.isinf(pool.ranks).any() and np.isfinite(pool.ranks).any()
+    assert grad_modes == {False} and threads_seen == {1}  # inside the workers
+    with pytest.raises(ValueError, match="workers"):
+        evaluate_ranking(score_fn, histories, targets, V, workers=0, **kwargs)

@@ -1,6 +1,7 @@
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
@@ -104,6 +105,8 @@ def test_metrics_jsonl_and_result(tmp_path):
     for record in records:
         assert {"step", "loss", "lr", "grad_norm", "seconds", "items_per_s", "epoch"} <= set(record)
         assert math.isfinite(record["loss"]) and record["items_per_s"] > 0
+        if sys.platform == "linux":  # memory is logged where /proc exists: now <= high-water mark
+            assert 0 < record["rss_mb"] <= record["peak_rss_mb"]
     assert records[1]["eval"] == {"mse": 1.0} and "eval" not in records[0]
     assert result.step == 8 and result.stop_reason == "max_steps" and result.last_eval == {"mse": 1.0}
     assert result.checkpoint == list_checkpoints(tmp_path)[-1]  # a final checkpoint is always written
