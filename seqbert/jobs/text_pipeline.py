@@ -8,6 +8,9 @@ Stages (their names in metrics.json):
   ENCODER        one per `encoders` entry (`DenseEncoderConfig`: `dense` = all-MiniLM-L6-v2, mean pooling;
                  `bge` = bge-small-en-v1.5, [CLS] pooling + its query instruction) in an exact Faiss
                  inner-product index; corpus encodings are cached in `cache_dir`, keyed by weights + settings
+  NAME_prf       (`prf`) encoder NAME after Rocchio pseudo-relevance feedback on its query vector,
+                 q' = normalise(q + beta * mean of NAME's top k), searched again; (k, beta) tuned on
+                 `prf.split` (train) (`seqbert.retrieval.prf`); a `fusion` / `rrf_sources` source like any
   hybrid         RRF (Cormack et al. 2009) of `rrf_sources`: nothing tuned
   fused          (`fusion`) a convex combination of per-query normalised scores of `fusion.sources` over the
                  union of their top-`depth` lists, every candidate scored exactly by every source; the
@@ -64,6 +67,7 @@ from seqbert.retrieval.fusion import (
     weighted_scores,
 )
 from seqbert.retrieval.index import IndexConfig, build_index, search
+from seqbert.retrieval.prf import rocchio, tune_rocchio
 from seqbert.tasks.rerank import load_cross_encoder, rerank
 from seqbert.tasks.text import minilm_dir
 
@@ -99,6 +103,37 @@ class ScoreFusionConfig:
             raise ValueError(f"fusion.max_queries must be >= 2, got {self.max_queries}")
         _check_methods("fusion", self.methods)
         _check_step("fusion", self.step)
+
+
+@dataclass(frozen=True)
+class DensePrfConfig:
+    """`NAME_prf` first stages: Rocchio pseudo-relevance feedback (`seqbert.retrieval.prf.rocchio`) on
+    encoder NAME's query vector, then a second exact search of the same index:
+
+        q' = normalise(q + beta * mean_{j <= k} d_j),  d_1..d_k = NAME's own top k (self-hits dropped)
+
+    (k, beta) per source: the argmax of NDCG@10 of NAME_prf alone over `betas` x `ks` on the judged
+    queries of `split` (train), never the reported split. beta = 0 (plain NAME) leads the default grid, so
+    PRF that does not help on train is switched off. A NAME_prf stage may be a `fusion` / `rrf` source."""
+
+    sources: tuple[str, ...] = ("bge",)  # encoder names
+    split: str = "train"
+    max_queries: int | None = None  # the first N judged queries of `split`; None: all
+    ks: tuple[int, ...] = (1, 2, 3, 5, 10)  # feedback depths tried
+    betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # feedback weights tried, 0 first
+
+    def __post_init__(self) -> None:
+        if not self.sources or len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"prf.sources must name >= 1 distinct encoders, got {self.sources!r}")
+        if self.max_queries is not None and self.max_queries < 2:
+            raise ValueError(f"prf.max_queries must be >= 2, got {self.max_queries}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"prf.ks must be positive feedback depths, got {self.ks!r}")
+        if not self.betas or not all(np.isfinite(b) and b >= 0 for b in self.betas):
+            raise ValueError(f"prf.betas must be finite weights >= 0, got {self.betas!r}")
+
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(f"{s}_prf" for s in self.sources)
 
 
 @dataclass(frozen=True)
@@ -146,6 +181,7 @@ class TextPipelineJob:
     depth: int = 100  # first-stage list length (recall@100 needs 100)
     rrf_k: int = 60
     rrf_sources: tuple[str, ...] = ("bm25", "dense")  # the `hybrid` stage
+    prf: DensePrfConfig | None = None  # the `NAME_prf` stages; None: skip
     fusion: ScoreFusionConfig | None = None  # the `fused` stage; None: skip
     rerank_sources: tuple[str, ...] = ("hybrid",)  # first stages to rerank
     rerank_depth: int = 100
@@ -165,7 +201,15 @@ class TextPipelineJob:
         names = [e.name for e in self.encoders]
         if len(set(names)) != len(names) or set(names) & set(RESERVED):
             raise ValueError(f"encoder names must be distinct and none of {RESERVED}, got {names}")
-        scored = ("bm25", *names)
+        prf = self.prf.stage_names() if self.prf else ()
+        if self.prf is not None:
+            bad = [s for s in self.prf.sources if s not in names]
+            if bad or set(prf) & set(names):
+                raise ValueError(f"prf.sources must be encoders {names} whose NAME_prf is no encoder's name, "
+                                 f"got {self.prf.sources!r}")  # fmt: skip
+            if max(self.prf.ks) >= self.depth:
+                raise ValueError(f"prf.ks must stay below depth ({self.depth}), got {self.prf.ks!r}")
+        scored = ("bm25", *names, *prf)
         for where, wanted in (("rrf_sources", self.rrf_sources),
                               ("fusion.sources", self.fusion.sources if self.fusion else ())):  # fmt: skip
             bad = [x for x in wanted if x not in scored]
@@ -177,7 +221,7 @@ class TextPipelineJob:
         bad = [x for x in self.rerank_sources if x not in stages]
         if bad or not self.rerank_sources:
             raise ValueError(f"rerank_sources must name some of {stages}, got {self.rerank_sources!r}")
-        for split in {s.split for s in (self.fusion, self.rerank_fusion) if s is not None}:
+        for split in {s.split for s in (self.prf, self.fusion, self.rerank_fusion) if s is not None}:
             if split == self.data.split:
                 raise ValueError(f"weights tuned on split {split!r} would be reported on that same split")
         _positive(self, "depth", "rrf_k", "rerank_depth", "rerank_max_len", "rerank_batch_size",
@@ -192,7 +236,8 @@ class TextPipelineJob:
 
     def first_stage_names(self) -> tuple[str, ...]:
         fused = ("fused",) if self.fusion is not None else ()
-        return ("bm25", *(e.name for e in self.encoders), "hybrid", *fused)
+        prf = self.prf.stage_names() if self.prf is not None else ()
+        return ("bm25", *(e.name for e in self.encoders), *prf, "hybrid", *fused)
 
 
 # ------------------------------------------------------------------------------------------ caches
@@ -312,7 +357,8 @@ def _union(lists: list[np.ndarray]) -> np.ndarray:
 class FirstStages:
     """Every first stage over one corpus for queries of any split: `scored[name](qids)` -> (rows, scores)
     (B, depth) best first, -1 / -inf padded, self-hits removed. `memo[name][qid]` keeps each query's
-    {row: score} of the last call, the first-stage score that `+tuned` fuses with."""
+    {row: score} of the last call, the first-stage score that `+tuned` fuses with. `prf[name]` = (k, beta)
+    of stage `name`_prf, set by `tune_prf`."""
 
     def __init__(self, cfg: TextPipelineJob, corpus: BeirData, texts: dict[str, str]) -> None:
         self.cfg, self.texts = cfg, texts
@@ -326,9 +372,10 @@ class FirstStages:
             self.encoders[enc.name] = (enc, model, tokenizer, xb, build_index(xb, IndexConfig("Flat", "ip")))
         self.fusion_weights: tuple[float, ...] | None = None
         self.fusion_method = "minmax"
+        self.prf: dict[str, tuple[int, float]] = {}
         self.memo: dict[str, dict[str, dict[int, float]]] = {}
         self.scored: dict[str, Scored] = {"bm25": self._memo("bm25", self._bm25)}
-        for name in self.encoders:
+        for name in (*self.encoders, *(cfg.prf.stage_names() if cfg.prf else ())):
             self.scored[name] = self._memo(name, lambda qids, n=name: self._dense(n, qids))
         self.scored["hybrid"] = self._memo("hybrid", self._hybrid)
         if cfg.fusion is not None:
@@ -338,14 +385,14 @@ class FirstStages:
         store = self.memo.setdefault(name, {})
 
         def call(qids):
-            rows, scores = self._drop_self(qids, *fn(list(qids)))
+            rows, scores = self.drop_self(qids, *fn(list(qids)))
             for q, r, s in zip(qids, rows, scores):
                 store[q] = {int(d): float(x) for d, x in zip(r, s) if d >= 0}
             return rows, scores
 
         return call
 
-    def _drop_self(self, qids, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def drop_self(self, qids, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mine = np.array([self.self_row.get(q, -2) for q in qids])[:, None]  # (B, 1)
         hit = rows == mine
         if not hit.any():
@@ -359,12 +406,30 @@ class FirstStages:
         rows = self.bm25.search(self._queries(qids), self.cfg.depth)  # (B, depth)
         return rows, self.bm25.scores(self._queries(qids), rows)
 
-    def _encode(self, name: str, qids) -> np.ndarray:
+    def encode(self, name: str, qids) -> np.ndarray:
         enc, model, tokenizer, _, _ = self.encoders[name]
         return encode_with(enc, model, tokenizer, self._queries(qids), queries=True).numpy()  # (B, H)
 
-    def _dense(self, name: str, qids):
-        scores, rows = search(self.encoders[name][4], self._encode(name, qids), self.cfg.depth)
+    def feedback(self, name: str, qids, xq: np.ndarray, k: int) -> np.ndarray:
+        """Encoder `name`'s top k rows (B, k) for query vectors xq (B, H), self-hits dropped (BEIR's rule
+        holds for the feedback too: a query's own abstract is not a document it may retrieve)."""
+        scores, rows = search(self.encoders[name][4], xq, k + 1)  # one spare for a self-hit
+        return self.drop_self(qids, rows, scores.astype(np.float64))[0][:, :k]
+
+    def vectors(self, stage: str, qids) -> tuple[np.ndarray, str]:
+        """(query vectors (B, H), encoder name) of a dense stage: an encoder, or `NAME_prf` (Rocchio)."""
+        if stage in self.encoders:
+            return self.encode(stage, qids), stage
+        name = stage.removesuffix("_prf")
+        if name not in self.prf:
+            raise RuntimeError(f"{stage}: its feedback depth and weight are not tuned yet (call tune_prf)")
+        k, beta = self.prf[name]
+        xq = self.encode(name, qids)  # (B, H)
+        return rocchio(xq, self.encoders[name][3], self.feedback(name, qids, xq, k), beta), name
+
+    def _dense(self, stage: str, qids):
+        xq, name = self.vectors(stage, qids)
+        scores, rows = search(self.encoders[name][4], xq, self.cfg.depth)
         return rows, scores.astype(np.float64)  # (B, depth) each
 
     def _hybrid(self, qids):
@@ -376,9 +441,9 @@ class FirstStages:
         candidate, [(B, C)] in `fusion.sources` order (-inf on padding)."""
         assert self.cfg.fusion is not None
         sources, queries = self.cfg.fusion.sources, self._queries(qids)
-        xq = {s: self._encode(s, qids) for s in sources if s != "bm25"}  # (B, H) each, encoded once
+        xq = {s: self.vectors(s, qids) for s in sources if s != "bm25"}  # ((B, H), encoder), encoded once
         lists = [self.bm25.search(queries, self.cfg.depth) if s == "bm25" else
-                 search(self.encoders[s][4], xq[s], self.cfg.depth)[1] for s in sources]  # fmt: skip
+                 search(self.encoders[xq[s][1]][4], xq[s][0], self.cfg.depth)[1] for s in sources]  # fmt: skip
         union = _union(lists)  # (B, C)
         pad = union < 0
         out = []
@@ -386,8 +451,8 @@ class FirstStages:
             if s == "bm25":
                 out.append(self.bm25.scores(queries, union))
                 continue
-            xb = self.encoders[s][3]  # (N, H)
-            dots = np.einsum("bh,bch->bc", xq[s], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
+            xb = self.encoders[xq[s][1]][3]  # (N, H)
+            dots = np.einsum("bh,bch->bc", xq[s][0], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
             out.append(np.where(pad, -np.inf, dots))
         return union, out
 
@@ -402,6 +467,28 @@ class FirstStages:
 def mean_ndcg10(rel: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """ranked rows (Q, K) -> per-query NDCG@10 (Q,) against judgements rel = (rel_ids, rel_grades)."""
     return lambda ranked: evaluate_ranked(ranked[:, :10], rel[0], rel[1], ks=(10,))["ndcg@10"]
+
+
+def tune_prf(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
+    """Pick each `NAME_prf` stage's (k, beta) on `data`'s queries `qids` (a train split): NDCG@10 of the
+    PRF'd search alone (self-hits dropped, as in every stage)."""
+    cfg = stages.cfg.prf
+    assert cfg is not None
+    ndcg = mean_ndcg10(judgements(data, qids))
+    report: dict = {"split": cfg.split, "queries": len(qids), "sources": {}}
+    for name in cfg.sources:
+        xq, xb, index = stages.encode(name, qids), stages.encoders[name][3], stages.encoders[name][4]
+        feedback = stages.feedback(name, qids, xq, max(cfg.ks))  # (Q, max k), best first
+
+        def objective(x: np.ndarray, index=index) -> float:
+            scores, rows = search(index, x, 11)  # NDCG@10 needs 10 after one possible self-hit
+            return float(ndcg(stages.drop_self(qids, rows, scores.astype(np.float64))[0]).mean())
+
+        k, beta, value, table = tune_rocchio(xq, xb, feedback, cfg.ks, cfg.betas, objective)
+        stages.prf[name] = (k, beta)
+        report["sources"][name] = {"k": k, "beta": beta, "tune_ndcg@10": value,
+                                   "tune_ndcg@10_plain": objective(xq), "grid": table}  # fmt: skip
+    return report
 
 
 def tune_fusion(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
@@ -596,6 +683,7 @@ def run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None = None) -
 def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict:
     t0 = time.perf_counter()
     data, qids = _load(cfg.data, data_dir)
+    prf_set = _tuning_queries(cfg, cfg.prf.split, cfg.prf.max_queries, data_dir) if cfg.prf else None
     fusion_set = (
         _tuning_queries(cfg, cfg.fusion.split, cfg.fusion.max_queries, data_dir) if cfg.fusion else None
     )
@@ -608,7 +696,7 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
                 cfg.finetuned_dir, cfg.data.dataset, split, rerank_set[1], "that rerank_fusion tunes on"
             )
     texts = dict(data.queries)
-    for extra in (fusion_set, rerank_set):
+    for extra in (prf_set, fusion_set, rerank_set):
         if extra is not None:
             clash = [q for q in extra[0].queries if q in texts and texts[q] != extra[0].queries[q]]
             if clash:
@@ -616,6 +704,12 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
             texts.update(extra[0].queries)
     report: dict = {"dataset": cfg.data.dataset, "split": cfg.data.split, "queries": len(qids)}
     stages = FirstStages(cfg, data, texts)
+    if prf_set is not None:
+        report["prf"] = tune_prf(stages, *prf_set)
+        for name, got in report["prf"]["sources"].items():
+            print(f"{name}_prf tuned on {report['prf']['queries']} {report['prf']['split']} queries: "
+                  f"k {got['k']} beta {got['beta']} ndcg@10 {got['tune_ndcg@10']:.4f} "
+                  f"(plain {got['tune_ndcg@10_plain']:.4f})", flush=True)  # fmt: skip
     if fusion_set is not None:
         report["fusion"] = tune_fusion(stages, *fusion_set)
         print(f"fusion tuned on {report['fusion']['queries']} {cfg.fusion.split} queries: "  # type: ignore[union-attr]

@@ -327,3 +327,44 @@ def test_cache_fingerprint_follows_the_weights_not_their_path(tmp_path):
     assert fingerprint(a) == fingerprint(b) == fingerprint(tmp_path / "link") != fingerprint(c)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         fingerprint(tmp_path)
+
+
+def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain_dense(tmp_path, monkeypatch):
+    from seqbert.jobs import text_pipeline
+
+    data_dir, encoder, _ = tiny_world(tmp_path)
+    seen: list[tuple[str, ...]] = []
+    real = text_pipeline.tune_prf
+
+    def spy(stages, data, qids):  # records which queries (and whose judgements) the tuning reads
+        seen.append(tuple(qids))
+        assert set(qids) <= set(data.qrels)
+        return real(stages, data, qids)
+
+    monkeypatch.setattr(text_pipeline, "tune_prf", spy)
+    pipe = [f"cache_dir={tmp_path / 'cache'}", TINY_ENCODERS.format(encoder), "depth=20", "rerank_depth=5",
+            "latency_queries=0", "threads=1", "n_resamples=50", "reranker_dir=null", "finetuned_dir=null", "rerank_fusion=null",
+            "export_candidates=null", "rerank_sources=[fused]", "fusion.step=0.25",
+            "fusion.sources=[bm25, dense_prf, bge]"]  # fmt: skip
+    # 1. beta 0 only: the dense_prf stage is the dense stage, list for list
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "zero",
+                     [*pipe, "prf={sources: [dense], ks: [1, 3], betas: [0.0]}"], str(data_dir))  # fmt: skip
+    test_ids = list(load_beir(data_dir / "scifact", "test").queries)
+    train_ids = list(load_beir(data_dir / "scifact", "train").queries)
+    assert seen == [tuple(train_ids)] and not set(test_ids) & set(seen[0])  # train only, all of it
+    prf = report["prf"]
+    assert prf["split"] == "train" and prf["queries"] == 8
+    assert (prf["sources"]["dense"]["k"], prf["sources"]["dense"]["beta"]) == (1, 0.0)
+    assert prf["sources"]["dense"]["tune_ndcg@10"] == prf["sources"]["dense"]["tune_ndcg@10_plain"]
+    per_query = json.loads((tmp_path / "zero" / "per_query.json").read_text())["ndcg@10"]
+    assert per_query["dense_prf"] == per_query["dense"]
+    assert report["stages"]["dense_prf"]["recall@100"] == report["stages"]["dense"]["recall@100"]
+    # 2. a real grid: the pick is the train argmax of the grid it reports, and fusion reads dense_prf
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "grid",
+                     [*pipe, "prf={sources: [dense], ks: [1, 3], betas: [0.0, 0.5, 2.0]}"],
+                     str(data_dir))  # fmt: skip
+    got = report["prf"]["sources"]["dense"]
+    assert len(got["grid"]) == 5 and got["tune_ndcg@10"] == max(got["grid"].values())
+    assert got["grid"][f"k={got['k']},beta={got['beta']:g}"] == got["tune_ndcg@10"]
+    assert set(report["fusion"]["weights"]) == {"bm25", "dense_prf", "bge"}
+    assert report["baseline"] in ("bm25", "dense", "bge", "hybrid")  # a tuned stage is never the untuned bar
