@@ -8,9 +8,10 @@ Stages (their names in metrics.json):
   ENCODER        one per `encoders` entry (`DenseEncoderConfig`: `dense` = all-MiniLM-L6-v2, mean pooling;
                  `bge` = bge-small-en-v1.5, [CLS] pooling + its query instruction) in an exact Faiss
                  inner-product index; corpus encodings are cached in `cache_dir`, keyed by weights + settings
-  NAME_prf       (`prf`) encoder NAME after Rocchio pseudo-relevance feedback on its query vector,
-                 q' = normalise(q + beta * mean of NAME's top k), searched again; (k, beta) tuned on
-                 `prf.split` (train) (`seqbert.retrieval.prf`); a `fusion` / `rrf_sources` source like any
+  NAME_prf       (`prf`) pseudo-relevance feedback from NAME's own top k (`seqbert.retrieval.prf`): an
+                 encoder's query vector by Rocchio, q' = normalise(q + beta * mean of the top k vectors);
+                 bm25's query by RM3 terms; searched again; (k, beta) tuned on `prf.split` (train);
+                 a `fusion` / `rrf_sources` source like any other
   hybrid         RRF (Cormack et al. 2009) of `rrf_sources`: nothing tuned
   fused          (`fusion`) a convex combination of per-query normalised scores of `fusion.sources` over the
                  union of their top-`depth` lists, every candidate scored exactly by every source; the
@@ -67,7 +68,7 @@ from seqbert.retrieval.fusion import (
     weighted_scores,
 )
 from seqbert.retrieval.index import IndexConfig, build_index, search
-from seqbert.retrieval.prf import rocchio, tune_rocchio
+from seqbert.retrieval.prf import rm3_weights, rocchio, tune_feedback
 from seqbert.tasks.rerank import load_cross_encoder, rerank
 from seqbert.tasks.text import minilm_dir
 
@@ -106,21 +107,23 @@ class ScoreFusionConfig:
 
 
 @dataclass(frozen=True)
-class DensePrfConfig:
-    """`NAME_prf` first stages: Rocchio pseudo-relevance feedback (`seqbert.retrieval.prf.rocchio`) on
-    encoder NAME's query vector, then a second exact search of the same index:
+class PrfConfig:
+    """`NAME_prf` first stages: pseudo-relevance feedback from NAME's own top k (self-hits dropped), then a
+    second search of the same index (`seqbert.retrieval.prf`):
 
-        q' = normalise(q + beta * mean_{j <= k} d_j),  d_1..d_k = NAME's own top k (self-hits dropped)
+        encoder NAME  q' = normalise(q + beta * mean_{j <= k} d_j)       (Rocchio on the query vector)
+        bm25          w(t) = c(t, q) / |q| + beta * p(t | R)              (RM3, `terms` expansion terms)
 
     (k, beta) per source: the argmax of NDCG@10 of NAME_prf alone over `betas` x `ks` on the judged
     queries of `split` (train), never the reported split. beta = 0 (plain NAME) leads the default grid, so
     PRF that does not help on train is switched off. A NAME_prf stage may be a `fusion` / `rrf` source."""
 
-    sources: tuple[str, ...] = ("bge",)  # encoder names
+    sources: tuple[str, ...] = ("bge",)  # encoder names and/or bm25
     split: str = "train"
     max_queries: int | None = None  # the first N judged queries of `split`; None: all
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)  # feedback depths tried
     betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # feedback weights tried, 0 first
+    terms: int = 10  # RM3 expansion terms (bm25 only; Anserini's default fbTerms)
 
     def __post_init__(self) -> None:
         if not self.sources or len(set(self.sources)) != len(self.sources):
@@ -131,6 +134,8 @@ class DensePrfConfig:
             raise ValueError(f"prf.ks must be positive feedback depths, got {self.ks!r}")
         if not self.betas or not all(np.isfinite(b) and b >= 0 for b in self.betas):
             raise ValueError(f"prf.betas must be finite weights >= 0, got {self.betas!r}")
+        if self.terms < 1:
+            raise ValueError(f"prf.terms must be >= 1, got {self.terms}")
 
     def stage_names(self) -> tuple[str, ...]:
         return tuple(f"{s}_prf" for s in self.sources)
@@ -181,7 +186,7 @@ class TextPipelineJob:
     depth: int = 100  # first-stage list length (recall@100 needs 100)
     rrf_k: int = 60
     rrf_sources: tuple[str, ...] = ("bm25", "dense")  # the `hybrid` stage
-    prf: DensePrfConfig | None = None  # the `NAME_prf` stages; None: skip
+    prf: PrfConfig | None = None  # the `NAME_prf` stages; None: skip
     fusion: ScoreFusionConfig | None = None  # the `fused` stage; None: skip
     rerank_sources: tuple[str, ...] = ("hybrid",)  # first stages to rerank
     rerank_depth: int = 100
@@ -203,10 +208,10 @@ class TextPipelineJob:
             raise ValueError(f"encoder names must be distinct and none of {RESERVED}, got {names}")
         prf = self.prf.stage_names() if self.prf else ()
         if self.prf is not None:
-            bad = [s for s in self.prf.sources if s not in names]
+            bad = [s for s in self.prf.sources if s not in ("bm25", *names)]
             if bad or set(prf) & set(names):
-                raise ValueError(f"prf.sources must be encoders {names} whose NAME_prf is no encoder's name, "
-                                 f"got {self.prf.sources!r}")  # fmt: skip
+                raise ValueError(f"prf.sources must be bm25 or encoders {names} whose NAME_prf is no encoder's "
+                                 f"name, got {self.prf.sources!r}")  # fmt: skip
             if max(self.prf.ks) >= self.depth:
                 raise ValueError(f"prf.ks must stay below depth ({self.depth}), got {self.prf.ks!r}")
         scored = ("bm25", *names, *prf)
@@ -376,7 +381,8 @@ class FirstStages:
         self.memo: dict[str, dict[str, dict[int, float]]] = {}
         self.scored: dict[str, Scored] = {"bm25": self._memo("bm25", self._bm25)}
         for name in (*self.encoders, *(cfg.prf.stage_names() if cfg.prf else ())):
-            self.scored[name] = self._memo(name, lambda qids, n=name: self._dense(n, qids))
+            fn = self._bm25_prf if name == "bm25_prf" else lambda qids, n=name: self._dense(n, qids)
+            self.scored[name] = self._memo(name, fn)
         self.scored["hybrid"] = self._memo("hybrid", self._hybrid)
         if cfg.fusion is not None:
             self.scored["fused"] = self._memo("fused", self._fused)
@@ -405,6 +411,29 @@ class FirstStages:
     def _bm25(self, qids):
         rows = self.bm25.search(self._queries(qids), self.cfg.depth)  # (B, depth)
         return rows, self.bm25.scores(self._queries(qids), rows)
+
+    def bm25_feedback(self, qids, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """BM25's top k rows and scores (B, k), self-hits dropped (-1 / -inf padded)."""
+        queries = self._queries(qids)
+        rows = self.bm25.search(queries, k + 1)  # one spare for a self-hit
+        rows, scores = self.drop_self(qids, rows, self.bm25.scores(queries, rows))
+        return rows[:, :k], scores[:, :k]
+
+    def rm3(self, qids, rows: np.ndarray, scores: np.ndarray, beta: float) -> list[dict[str, float]]:
+        """RM3-weighted queries {term: w} from feedback rows / scores (B, k) (-1 padding left out)."""
+        assert self.cfg.prf is not None
+        terms = self.bm25.terms(self._queries(qids))
+        return [rm3_weights(t, self.bm25.doc_terms(r[r >= 0].tolist()), s[r >= 0], self.cfg.prf.terms, beta)
+                for t, r, s in zip(terms, rows, scores)]  # fmt: skip
+
+    def bm25_weights(self, qids) -> list[dict[str, float]]:
+        if "bm25" not in self.prf:
+            raise RuntimeError("bm25_prf: its feedback depth and weight are not tuned yet (call tune_prf)")
+        k, beta = self.prf["bm25"]
+        return self.rm3(qids, *self.bm25_feedback(qids, k), beta)
+
+    def _bm25_prf(self, qids):
+        return self.bm25.weighted_search(self.bm25_weights(qids), self.cfg.depth)  # (B, depth) each
 
     def encode(self, name: str, qids) -> np.ndarray:
         enc, model, tokenizer, _, _ = self.encoders[name]
@@ -441,15 +470,19 @@ class FirstStages:
         candidate, [(B, C)] in `fusion.sources` order (-inf on padding)."""
         assert self.cfg.fusion is not None
         sources, queries = self.cfg.fusion.sources, self._queries(qids)
-        xq = {s: self.vectors(s, qids) for s in sources if s != "bm25"}  # ((B, H), encoder), encoded once
+        sparse = ("bm25", "bm25_prf")
+        xq = {s: self.vectors(s, qids) for s in sources if s not in sparse}  # ((B, H), encoder), encoded once
+        weights = self.bm25_weights(qids) if "bm25_prf" in sources else []
         lists = [self.bm25.search(queries, self.cfg.depth) if s == "bm25" else
+                 self.bm25.weighted_search(weights, self.cfg.depth)[0] if s == "bm25_prf" else
                  search(self.encoders[xq[s][1]][4], xq[s][0], self.cfg.depth)[1] for s in sources]  # fmt: skip
         union = _union(lists)  # (B, C)
         pad = union < 0
         out = []
         for s in sources:
-            if s == "bm25":
-                out.append(self.bm25.scores(queries, union))
+            if s in sparse:
+                out.append(self.bm25.scores(queries, union) if s == "bm25" else
+                           self.bm25.weighted_scores(weights, union))  # fmt: skip
                 continue
             xb = self.encoders[xq[s][1]][3]  # (N, H)
             dots = np.einsum("bh,bch->bc", xq[s][0], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
@@ -471,23 +504,35 @@ def mean_ndcg10(rel: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], np
 
 def tune_prf(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
     """Pick each `NAME_prf` stage's (k, beta) on `data`'s queries `qids` (a train split): NDCG@10 of the
-    PRF'd search alone (self-hits dropped, as in every stage)."""
+    search after feedback alone (self-hits dropped, as in every stage)."""
     cfg = stages.cfg.prf
     assert cfg is not None
     ndcg = mean_ndcg10(judgements(data, qids))
+
+    def top10(rows: np.ndarray, scores: np.ndarray) -> float:
+        return float(ndcg(stages.drop_self(qids, rows, scores.astype(np.float64))[0]).mean())
+
     report: dict = {"split": cfg.split, "queries": len(qids), "sources": {}}
     for name in cfg.sources:
-        xq, xb, index = stages.encode(name, qids), stages.encoders[name][3], stages.encoders[name][4]
-        feedback = stages.feedback(name, qids, xq, max(cfg.ks))  # (Q, max k), best first
+        if name == "bm25":
+            rows, scores = stages.bm25_feedback(qids, max(cfg.ks))  # (Q, max k), best first
 
-        def objective(x: np.ndarray, index=index) -> float:
-            scores, rows = search(index, x, 11)  # NDCG@10 needs 10 after one possible self-hit
-            return float(ndcg(stages.drop_self(qids, rows, scores.astype(np.float64))[0]).mean())
+            def evaluate(k: int, beta: float, rows=rows, scores=scores) -> float:
+                weights = stages.rm3(qids, rows[:, :k], scores[:, :k], beta)
+                return top10(*stages.bm25.weighted_search(weights, 11))  # 10 after one possible self-hit
 
-        k, beta, value, table = tune_rocchio(xq, xb, feedback, cfg.ks, cfg.betas, objective)
+        else:
+            xq, (_, _, _, xb, index) = stages.encode(name, qids), stages.encoders[name]
+            feedback = stages.feedback(name, qids, xq, max(cfg.ks))  # (Q, max k), best first
+
+            def evaluate(k: int, beta: float, xq=xq, xb=xb, index=index, feedback=feedback) -> float:
+                scores, rows = search(index, rocchio(xq, xb, feedback[:, :k], beta), 11)
+                return top10(rows, scores)
+
+        k, beta, value, table = tune_feedback(cfg.ks, cfg.betas, evaluate)
         stages.prf[name] = (k, beta)
         report["sources"][name] = {"k": k, "beta": beta, "tune_ndcg@10": value,
-                                   "tune_ndcg@10_plain": objective(xq), "grid": table}  # fmt: skip
+                                   "tune_ndcg@10_plain": evaluate(cfg.ks[0], 0.0), "grid": table}  # fmt: skip
     return report
 
 

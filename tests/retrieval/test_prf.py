@@ -1,10 +1,14 @@
-"""Dense pseudo-relevance feedback: Rocchio by hand, on a planted corpus, its grid search, and the
-`prf` config of the text_pipeline job (its stages run end to end in test_scifact_recipes.py)."""
+"""Pseudo-relevance feedback: Rocchio by hand and on a planted corpus, RM3 by hand, BM25 weighted queries
+against plain BM25, the grid search, and the `prf` config of the text_pipeline job (its stages run end to
+end in test_scifact_recipes.py)."""
+
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from seqbert.retrieval.prf import rocchio, tune_rocchio
+from seqbert.retrieval.bm25 import Bm25Index
+from seqbert.retrieval.prf import rm3_weights, rocchio, tune_feedback
 
 
 def unit(rows) -> np.ndarray:
@@ -39,42 +43,82 @@ def test_rocchio_pulls_a_relevant_document_up_on_a_planted_corpus():
     assert before == [0, 2, 1] and after == [0, 1, 2]
 
 
-def test_tune_rocchio_finds_the_planted_setting_and_a_flat_objective_keeps_plain_retrieval():
+def test_tune_feedback_finds_the_planted_setting_and_a_flat_objective_keeps_plain_retrieval():
     xb = unit([[0.9, 0.44, 0.0], [0.3, 0.95, 0.0], [0.5, 0.0, 0.87]])
     xq = unit([[1.0, 0.0, 0.0]])
     feedback = np.array([[0, 2]])  # the first pass's order
 
-    def b_above_c(x):  # 1 when B outranks C
-        s = (x @ xb.T)[0]
+    def b_above_c(k, beta):  # 1 when B outranks C after feedback
+        s = (rocchio(xq, xb, feedback[:, :k], beta) @ xb.T)[0]
         return float(s[1] > s[2])
 
-    k, beta, value, table = tune_rocchio(xq, xb, feedback, (1, 2), (0.0, 0.5, 1.0), b_above_c)
+    k, beta, value, table = tune_feedback((1, 2), (0.0, 0.5, 1.0), b_above_c)
     assert (k, beta, value) == (1, 1.0, 1.0)  # k=2 averages in C too; beta 0.5 is not enough
     assert set(table) == {"k=1,beta=0", "k=1,beta=0.5", "k=2,beta=0.5", "k=1,beta=1", "k=2,beta=1"}
-    assert tune_rocchio(xq, xb, feedback, (1, 2), (0.0, 1.0), lambda x: 0.5)[:3] == (1, 0.0, 0.5)
+    assert tune_feedback((1, 2), (0.0, 1.0), lambda k, b: 0.5)[:3] == (1, 0.0, 0.5)
     with pytest.raises(ValueError, match="ks"):
-        tune_rocchio(xq, xb, feedback, (3,), (0.0,), b_above_c)  # deeper than the feedback given
+        tune_feedback((0,), (0.0,), b_above_c)
+
+
+def test_rm3_weights_by_hand_and_beta_zero_is_the_query():
+    docs = [Counter({"a": 2, "b": 2}), Counter({"b": 1, "c": 3})]
+    # s = (3, 1) / 4; p(a) = .75 * .5 = .375, p(b) = .75 * .5 + .25 * .25 = .4375, p(c) = .25 * .75 = .1875
+    # terms=2 keeps b, a (sum .8125); query "a d": c/|q| = .5 each
+    got = rm3_weights(["a", "d"], docs, [3.0, 1.0], terms=2, beta=2.0)
+    assert got == pytest.approx({"a": 0.5 + 2 * 0.375 / 0.8125, "d": 0.5, "b": 2 * 0.4375 / 0.8125})
+    assert rm3_weights(["a", "d", "a"], docs, [3.0, 1.0], terms=2, beta=0.0) == {"a": 2 / 3, "d": 1 / 3}
+    # scores that are not all positive weigh the documents uniformly
+    uniform = rm3_weights(["x"], docs, [0.0, -1.0], terms=3, beta=1.0)
+    assert uniform == pytest.approx({"x": 1.0, "a": 0.25, "b": 0.25 + 0.125, "c": 0.375})
+    with pytest.raises(ValueError, match="beta"):
+        rm3_weights(["a"], docs, [1.0, 1.0], terms=2, beta=-1.0)
+
+
+def test_bm25_weighted_queries_equal_plain_bm25_and_expansion_reaches_an_unmatched_document():
+    texts = ["solar panel efficiency", "panel data regression", "photovoltaic solar cells efficiency",
+             "photovoltaic module cost", "cats and dogs", "regression of dogs on cats"]  # fmt: skip
+    index = Bm25Index(texts, stem=False)
+    queries = ["solar efficiency", "cats regression regression"]
+    plain = [Counter(t) for t in index.terms(queries)]  # repeated terms count twice, as in bm25s
+    rows, scores = index.weighted_search(plain, 6)
+    np.testing.assert_allclose(scores, index.scores(queries, rows), rtol=1e-6)
+    np.testing.assert_allclose(index.weighted_scores(plain, rows), scores)
+    ranked = index.search(queries, 6)
+    for q in range(2):  # equal as rankings up to ties (bm25s and the weighted path may break ties apart)
+        np.testing.assert_allclose(np.sort(index.scores(queries, ranked)[q])[::-1], scores[q], rtol=1e-6)
+    # "photovoltaic module cost" shares no term with "solar efficiency": only the feedback finds it
+    assert index.weighted_full(plain[0])[3] == 0
+    fb_rows = rows[0, :2]
+    assert sorted(fb_rows.tolist()) == [0, 2]  # the two "solar ... efficiency" documents
+    expanded = rm3_weights(index.terms(queries)[0], index.doc_terms(fb_rows.tolist()), scores[0, :2], 10, 1.0)
+    assert index.weighted_full(expanded)[3] > 0
+    assert index.weighted_full({"unknown": 1.0}).tolist() == [0.0] * 6
 
 
 def test_prf_config_is_validated():
-    from seqbert.jobs.text_pipeline import DensePrfConfig, ScoreFusionConfig, TextPipelineJob
+    from seqbert.jobs.text_pipeline import PrfConfig, ScoreFusionConfig, TextPipelineJob
     from seqbert.retrieval.embed import DenseEncoderConfig
 
     two = (DenseEncoderConfig(), DenseEncoderConfig(name="bge", pooling="cls"))
-    ok = TextPipelineJob(encoders=two, prf=DensePrfConfig(sources=("dense", "bge")),
+    ok = TextPipelineJob(encoders=two, prf=PrfConfig(sources=("dense", "bge")),
                          fusion=ScoreFusionConfig(sources=("bm25", "dense_prf", "bge_prf")))  # fmt: skip
     assert ok.first_stage_names() == ("bm25", "dense", "bge", "dense_prf", "bge_prf", "hybrid", "fused")
     with pytest.raises(ValueError, match="same split"):
-        TextPipelineJob(encoders=two, prf=DensePrfConfig(split="test"))
+        TextPipelineJob(encoders=two, prf=PrfConfig(split="test"))
+    assert (
+        TextPipelineJob(encoders=two, prf=PrfConfig(sources=("bm25",))).first_stage_names()[3] == "bm25_prf"
+    )
     with pytest.raises(ValueError, match="prf.sources"):
-        TextPipelineJob(prf=DensePrfConfig(sources=("bge",)))  # no encoder named bge
+        TextPipelineJob(prf=PrfConfig(sources=("bge",)))  # no encoder named bge
     with pytest.raises(ValueError, match="prf.sources"):
-        TextPipelineJob(encoders=(*two, DenseEncoderConfig(name="bge_prf")), prf=DensePrfConfig())
+        TextPipelineJob(encoders=(*two, DenseEncoderConfig(name="bge_prf")), prf=PrfConfig())
     with pytest.raises(ValueError, match="not first stages"):
         TextPipelineJob(encoders=two, fusion=ScoreFusionConfig(sources=("bm25", "bge_prf")))  # no prf
     with pytest.raises(ValueError, match="below depth"):
-        TextPipelineJob(encoders=two, depth=10, prf=DensePrfConfig(ks=(10,)))
+        TextPipelineJob(encoders=two, depth=10, prf=PrfConfig(ks=(10,)))
     with pytest.raises(ValueError, match="betas"):
-        DensePrfConfig(betas=(0.0, -1.0))
+        PrfConfig(betas=(0.0, -1.0))
     with pytest.raises(ValueError, match="ks"):
-        DensePrfConfig(ks=(0, 3))
+        PrfConfig(ks=(0, 3))
+    with pytest.raises(ValueError, match="terms"):
+        PrfConfig(terms=0)
