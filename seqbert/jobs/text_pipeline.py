@@ -17,6 +17,8 @@ Stages (their names in metrics.json):
                  union of their top-`depth` lists, every candidate scored exactly by every source; the
                  weights and the normalisation are tuned on `fusion.split` (train), never on the reported
                  split (`seqbert.retrieval.fusion.tune_weights`)
+  fused_prf      (`prf.fuse`) `fused` with every source that has a NAME_prf stage replaced by it, its own
+                 weights tuned the same way; `prf_comparisons` tests each X_prf against X per query
   NAME@SRCd      a cross-encoder (NAME: rerank_msmarco = `reranker_dir`, rerank_seqbert = `finetuned_dir`)
                  rescoring the top d = `rerank_depth` of first stage SRC; the rest keeps SRC's order, so
                  recall@100 is SRC's
@@ -34,8 +36,8 @@ best untuned first stage (bm25, an encoder, or hybrid) on the reported split its
 baseline: paired t-test, a bootstrap interval of the mean difference, Holm's correction across the stages
 (`seqbert.evaluation.stats.compare_runs`). `comparisons_vs_best_first_stage`: every reranking stage against
 the best first stage of all (`best_first_stage`, the train-tuned `fused` included), Holm across the
-reranking stages; `best_two_stage_vs_best_first_stage` is the headline test. `per_query.json` keeps the
-vectors.
+reranking stages; `best_two_stage_vs_best_first_stage` is the headline test. `prf_comparisons`: every
+pseudo-relevance-feedback stage X_prf against X, Holm across them. `per_query.json` keeps the vectors.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from seqbert.evaluation.metrics import evaluate_ranked
-from seqbert.evaluation.stats import compare_runs
+from seqbert.evaluation.stats import compare_runs, holm
 from seqbert.jobs.text_io import read_trained_queries, write_candidates, write_metrics
 from seqbert.jobs.text_rerank import BeirDataConfig, HoldoutConfig, _load, _positive, torch_threads
 from seqbert.pipeline import PipelineConfig, order_by_scores, run_two_stage
@@ -72,7 +74,7 @@ from seqbert.retrieval.prf import rm3_weights, rocchio, tune_feedback
 from seqbert.tasks.rerank import load_cross_encoder, rerank
 from seqbert.tasks.text import minilm_dir
 
-RESERVED = ("bm25", "hybrid", "fused")  # stage names an encoder may not take
+RESERVED = ("bm25", "hybrid", "fused", "fused_prf")  # stage names an encoder may not take
 
 
 def _check_methods(where: str, methods: tuple[str, ...]) -> None:
@@ -116,7 +118,8 @@ class PrfConfig:
 
     (k, beta) per source: the argmax of NDCG@10 of NAME_prf alone over `betas` x `ks` on the judged
     queries of `split` (train), never the reported split. beta = 0 (plain NAME) leads the default grid, so
-    PRF that does not help on train is switched off. A NAME_prf stage may be a `fusion` / `rrf` source."""
+    PRF that does not help on train is switched off. A NAME_prf stage may be a `fusion` / `rrf` source;
+    `fuse` adds the stage `fused_prf`: `fusion` over the PRF'd sources, weights tuned on `fusion.split`."""
 
     sources: tuple[str, ...] = ("bge",)  # encoder names and/or bm25
     split: str = "train"
@@ -124,6 +127,7 @@ class PrfConfig:
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)  # feedback depths tried
     betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # feedback weights tried, 0 first
     terms: int = 10  # RM3 expansion terms (bm25 only; Anserini's default fbTerms)
+    fuse: bool = True  # the `fused_prf` stage (needs `fusion`)
 
     def __post_init__(self) -> None:
         if not self.sources or len(set(self.sources)) != len(self.sources):
@@ -139,6 +143,10 @@ class PrfConfig:
 
     def stage_names(self) -> tuple[str, ...]:
         return tuple(f"{s}_prf" for s in self.sources)
+
+    def fused_sources(self, fusion: ScoreFusionConfig) -> tuple[str, ...]:
+        """`fused_prf`'s sources: `fusion.sources` with each NAME in `sources` replaced by NAME_prf."""
+        return tuple(f"{s}_prf" if s in self.sources else s for s in fusion.sources)
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,11 @@ class TextPipelineJob:
                                  f"name, got {self.prf.sources!r}")  # fmt: skip
             if max(self.prf.ks) >= self.depth:
                 raise ValueError(f"prf.ks must stay below depth ({self.depth}), got {self.prf.ks!r}")
+            if self.prf.fuse and (
+                self.fusion is None or self.prf.fused_sources(self.fusion) == self.fusion.sources
+            ):
+                raise ValueError("prf.fuse needs a `fusion` stage with a source named in prf.sources "
+                                 "(or set prf.fuse: false)")  # fmt: skip
         scored = ("bm25", *names, *prf)
         for where, wanted in (("rrf_sources", self.rrf_sources),
                               ("fusion.sources", self.fusion.sources if self.fusion else ())):  # fmt: skip
@@ -241,6 +254,7 @@ class TextPipelineJob:
 
     def first_stage_names(self) -> tuple[str, ...]:
         fused = ("fused",) if self.fusion is not None else ()
+        fused += ("fused_prf",) if self.prf is not None and self.prf.fuse else ()
         prf = self.prf.stage_names() if self.prf is not None else ()
         return ("bm25", *(e.name for e in self.encoders), *prf, "hybrid", *fused)
 
@@ -363,7 +377,8 @@ class FirstStages:
     """Every first stage over one corpus for queries of any split: `scored[name](qids)` -> (rows, scores)
     (B, depth) best first, -1 / -inf padded, self-hits removed. `memo[name][qid]` keeps each query's
     {row: score} of the last call, the first-stage score that `+tuned` fuses with. `prf[name]` = (k, beta)
-    of stage `name`_prf, set by `tune_prf`."""
+    of stage `name`_prf, set by `tune_prf`; `fusions[stage]` = the sources of a score-fusion stage and
+    `fusion_weights[stage]` = (weights, normalisation), set by `tune_fusion`."""
 
     def __init__(self, cfg: TextPipelineJob, corpus: BeirData, texts: dict[str, str]) -> None:
         self.cfg, self.texts = cfg, texts
@@ -375,8 +390,12 @@ class FirstStages:
             model, tokenizer = load_encoder(model_dir)
             xb = corpus_embeddings(enc, model_dir, model, tokenizer, corpus.doc_texts, cfg.cache_dir)
             self.encoders[enc.name] = (enc, model, tokenizer, xb, build_index(xb, IndexConfig("Flat", "ip")))
-        self.fusion_weights: tuple[float, ...] | None = None
-        self.fusion_method = "minmax"
+        self.fusions: dict[str, tuple[str, ...]] = {}
+        if cfg.fusion is not None:
+            self.fusions["fused"] = cfg.fusion.sources
+            if cfg.prf is not None and cfg.prf.fuse:
+                self.fusions["fused_prf"] = cfg.prf.fused_sources(cfg.fusion)
+        self.fusion_weights: dict[str, tuple[tuple[float, ...], str]] = {}
         self.prf: dict[str, tuple[int, float]] = {}
         self.memo: dict[str, dict[str, dict[int, float]]] = {}
         self.scored: dict[str, Scored] = {"bm25": self._memo("bm25", self._bm25)}
@@ -384,8 +403,8 @@ class FirstStages:
             fn = self._bm25_prf if name == "bm25_prf" else lambda qids, n=name: self._dense(n, qids)
             self.scored[name] = self._memo(name, fn)
         self.scored["hybrid"] = self._memo("hybrid", self._hybrid)
-        if cfg.fusion is not None:
-            self.scored["fused"] = self._memo("fused", self._fused)
+        for name in self.fusions:
+            self.scored[name] = self._memo(name, lambda qids, n=name: self._fused(n, qids))
 
     def _memo(self, name: str, fn: Scored) -> Scored:
         store = self.memo.setdefault(name, {})
@@ -465,11 +484,10 @@ class FirstStages:
         lists = [self.scored[s](qids)[0] for s in self.cfg.rrf_sources]
         return rrf_with_scores(lists, self.cfg.rrf_k, self.cfg.depth)
 
-    def fusion_inputs(self, qids) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The union (B, C) of the fusion sources' top-`depth` lists and each source's exact score of every
-        candidate, [(B, C)] in `fusion.sources` order (-inf on padding)."""
-        assert self.cfg.fusion is not None
-        sources, queries = self.cfg.fusion.sources, self._queries(qids)
+    def fusion_inputs(self, qids, stage: str = "fused") -> tuple[np.ndarray, list[np.ndarray]]:
+        """The union (B, C) of fusion `stage`'s sources' top-`depth` lists and each source's exact score of
+        every candidate, [(B, C)] in `fusions[stage]` order (-inf on padding)."""
+        sources, queries = self.fusions[stage], self._queries(qids)
         sparse = ("bm25", "bm25_prf")
         xq = {s: self.vectors(s, qids) for s in sources if s not in sparse}  # ((B, H), encoder), encoded once
         weights = self.bm25_weights(qids) if "bm25_prf" in sources else []
@@ -489,11 +507,11 @@ class FirstStages:
             out.append(np.where(pad, -np.inf, dots))
         return union, out
 
-    def _fused(self, qids):
-        if self.fusion_weights is None:
-            raise RuntimeError("the fused stage's weights are not tuned yet (call tune_fusion)")
-        union, scores = self.fusion_inputs(qids)
-        fused = weighted_scores(scores, self.fusion_weights, self.fusion_method)  # (B, C)
+    def _fused(self, stage: str, qids):
+        if stage not in self.fusion_weights:
+            raise RuntimeError(f"the {stage} stage's weights are not tuned yet (call tune_fusion)")
+        union, scores = self.fusion_inputs(qids, stage)
+        fused = weighted_scores(scores, *self.fusion_weights[stage])  # (B, C)
         return _best_first(union, fused, self.cfg.depth)
 
 
@@ -536,31 +554,31 @@ def tune_prf(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
     return report
 
 
-def tune_fusion(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
-    """Pick the `fused` stage's weights and normalisation on `data`'s queries `qids` (a train split)."""
-    cfg = stages.cfg.fusion
+def tune_fusion(stages: FirstStages, data: BeirData, qids: list[str], stage: str = "fused") -> dict:
+    """Pick score-fusion `stage`'s weights and normalisation on `data`'s queries `qids` (a train split)."""
+    cfg, sources = stages.cfg.fusion, stages.fusions[stage]
     assert cfg is not None
     ndcg = mean_ndcg10(judgements(data, qids))
-    union, scores = _realign(stages, qids)
+    union, scores = _realign(stages, qids, stage)
     weights, method, value = tune_weights(
         scores, lambda fused: ndcg(order_by_scores(union, fused)).mean(), cfg.methods, cfg.step
     )
-    stages.fusion_weights, stages.fusion_method = weights, method
-    alone = {s: float(ndcg(order_by_scores(union, x)).mean()) for s, x in zip(cfg.sources, scores)}
+    stages.fusion_weights[stage] = (weights, method)
+    alone = {s: float(ndcg(order_by_scores(union, x)).mean()) for s, x in zip(sources, scores)}
     return {
         "split": cfg.split,
         "queries": len(qids),
-        "weights": dict(zip(cfg.sources, weights)),
+        "weights": dict(zip(sources, weights)),
         "method": method,
-        "grid_points": len(simplex_grid(len(cfg.sources), cfg.step)) * len(cfg.methods),
+        "grid_points": len(simplex_grid(len(sources), cfg.step)) * len(cfg.methods),
         "tune_ndcg@10": value,
         "tune_ndcg@10_single_source": alone,
     }
 
 
-def _realign(stages: FirstStages, qids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _realign(stages: FirstStages, qids: list[str], stage: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """fusion_inputs with self-hit candidates masked (-1 / -inf) in place, so every source stays aligned."""
-    union, scores = stages.fusion_inputs(qids)
+    union, scores = stages.fusion_inputs(qids, stage)
     mine = np.array([stages.self_row.get(q, -2) for q in qids])[:, None]
     hit = union == mine
     return np.where(hit, -1, union), [np.where(hit, -np.inf, s) for s in scores]
@@ -720,6 +738,20 @@ def check_unseen(model_dir: str, dataset: str, split: str, qids: list[str], role
         )
 
 
+def prf_comparisons(
+    per_query: dict[str, np.ndarray], pairs: list[tuple[str, str]], n_resamples: int, alpha: float = 0.05
+) -> dict[str, dict]:
+    """Each (X_prf, X) pair compared per query (paired t-test, bootstrap CI of the mean difference), Holm's
+    correction across the pairs: does feedback improve the stage it starts from?"""
+    rows = [compare_runs({base: {"ndcg@10": per_query[base]}, run: {"ndcg@10": per_query[run]}}, base,
+                         ["ndcg@10"], n_resamples=n_resamples)[0] for run, base in pairs]  # fmt: skip
+    adjusted = holm([c.p_value for c in rows])
+    return {
+        c.run: dataclasses.asdict(dataclasses.replace(c, p_holm=float(p), significant=bool(p < alpha)))
+        for c, p in zip(rows, adjusted)
+    }
+
+
 def run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None = None) -> dict:
     with torch_threads(cfg.threads):
         return _run_pipeline(cfg, out, data_dir)
@@ -755,11 +787,11 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
             print(f"{name}_prf tuned on {report['prf']['queries']} {report['prf']['split']} queries: "
                   f"k {got['k']} beta {got['beta']} ndcg@10 {got['tune_ndcg@10']:.4f} "
                   f"(plain {got['tune_ndcg@10_plain']:.4f})", flush=True)  # fmt: skip
-    if fusion_set is not None:
-        report["fusion"] = tune_fusion(stages, *fusion_set)
-        print(f"fusion tuned on {report['fusion']['queries']} {cfg.fusion.split} queries: "  # type: ignore[union-attr]
-              f"{report['fusion']['weights']} {report['fusion']['method']} "
-              f"ndcg@10 {report['fusion']['tune_ndcg@10']:.4f}")  # fmt: skip
+    for stage, key in (("fused", "fusion"), ("fused_prf", "fusion_prf")):
+        if fusion_set is not None and stage in stages.fusions:
+            got = report[key] = tune_fusion(stages, *fusion_set, stage)
+            print(f"{stage} tuned on {got['queries']} {got['split']} queries: {got['weights']} "
+                  f"{got['method']} ndcg@10 {got['tune_ndcg@10']:.4f}", flush=True)  # fmt: skip
     if cfg.export_candidates is not None:
         report["candidates_file"] = str(export_candidates(stages, cfg, out, data_dir))
 
@@ -852,6 +884,12 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
         for c in vs_top:
             print(f"{c.run:32s} - {top}: {c.diff:+.4f} [{c.diff_low:+.4f}, {c.diff_high:+.4f}]  "
                   f"p {c.p_value:.2g}  holm {c.p_holm:.2g}")  # fmt: skip
+    prf_pairs = [(n, n.removesuffix("_prf")) for n in results if n.endswith("_prf") and "@" not in n]
+    if prf_pairs:
+        report["prf_comparisons"] = prf_comparisons(per_query, prf_pairs, cfg.n_resamples)
+        for name, c in report["prf_comparisons"].items():
+            print(f"{name:32s} - {c['baseline']}: {c['diff']:+.4f} [{c['diff_low']:+.4f}, {c['diff_high']:+.4f}]  "
+                  f"p {c['p_value']:.2g}  holm {c['p_holm']:.2g}")  # fmt: skip
     report["seconds"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "per_query.json").write_text(

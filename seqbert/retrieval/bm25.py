@@ -105,7 +105,9 @@ class Bm25Index:
         rows, scores = [], []
         for w in weights:
             full = self.weighted_full(w)  # (N,)
-            top = np.lexsort((np.arange(self.size), -full))[:k]  # (k,)
+            kth = np.partition(full, self.size - k)[self.size - k]  # the k-th largest score
+            cand = np.flatnonzero(full >= kth)  # every document that can make the top k, ties included
+            top = cand[np.lexsort((cand, -full[cand]))][:k]  # (k,) by score, then row
             rows.append(top)
             scores.append(full[top])
         return np.array(rows, dtype=np.int64).reshape(-1, k), np.array(scores).reshape(-1, k)

@@ -83,6 +83,8 @@ def test_bm25_weighted_queries_equal_plain_bm25_and_expansion_reaches_an_unmatch
     rows, scores = index.weighted_search(plain, 6)
     np.testing.assert_allclose(scores, index.scores(queries, rows), rtol=1e-6)
     np.testing.assert_allclose(index.weighted_scores(plain, rows), scores)
+    for k in (1, 2, 3):  # the partial selection keeps the full sort's top k, ties by row included
+        assert index.weighted_search(plain, k)[0].tolist() == rows[:, :k].tolist()
     ranked = index.search(queries, 6)
     for q in range(2):  # equal as rankings up to ties (bm25s and the weighted path may break ties apart)
         np.testing.assert_allclose(np.sort(index.scores(queries, ranked)[q])[::-1], scores[q], rtol=1e-6)
@@ -100,22 +102,29 @@ def test_prf_config_is_validated():
     from seqbert.retrieval.embed import DenseEncoderConfig
 
     two = (DenseEncoderConfig(), DenseEncoderConfig(name="bge", pooling="cls"))
-    ok = TextPipelineJob(encoders=two, prf=PrfConfig(sources=("dense", "bge")),
+    ok = TextPipelineJob(encoders=two, prf=PrfConfig(sources=("dense", "bge"), fuse=False),
                          fusion=ScoreFusionConfig(sources=("bm25", "dense_prf", "bge_prf")))  # fmt: skip
     assert ok.first_stage_names() == ("bm25", "dense", "bge", "dense_prf", "bge_prf", "hybrid", "fused")
+    both = TextPipelineJob(encoders=two, prf=PrfConfig(sources=("bm25", "bge")),
+                           fusion=ScoreFusionConfig(sources=("bm25", "dense", "bge")))  # fmt: skip
+    assert both.first_stage_names()[-2:] == ("fused", "fused_prf")
+    assert both.prf.fused_sources(both.fusion) == ("bm25_prf", "dense", "bge_prf")
+    with pytest.raises(ValueError, match="prf.fuse"):
+        TextPipelineJob(encoders=two, prf=PrfConfig(sources=("bge",)))  # no fusion to feed back into
+    with pytest.raises(ValueError, match="prf.fuse"):  # fusion has no source that prf.sources names
+        TextPipelineJob(encoders=two, prf=PrfConfig(sources=("bge",)), fusion=ScoreFusionConfig())
     with pytest.raises(ValueError, match="same split"):
-        TextPipelineJob(encoders=two, prf=PrfConfig(split="test"))
-    assert (
-        TextPipelineJob(encoders=two, prf=PrfConfig(sources=("bm25",))).first_stage_names()[3] == "bm25_prf"
-    )
+        TextPipelineJob(encoders=two, prf=PrfConfig(split="test", fuse=False))
+    only_bm25 = TextPipelineJob(encoders=two, prf=PrfConfig(sources=("bm25",), fuse=False))
+    assert only_bm25.first_stage_names()[3] == "bm25_prf"
     with pytest.raises(ValueError, match="prf.sources"):
-        TextPipelineJob(prf=PrfConfig(sources=("bge",)))  # no encoder named bge
+        TextPipelineJob(prf=PrfConfig(sources=("bge",), fuse=False))  # no encoder named bge
     with pytest.raises(ValueError, match="prf.sources"):
-        TextPipelineJob(encoders=(*two, DenseEncoderConfig(name="bge_prf")), prf=PrfConfig())
+        TextPipelineJob(encoders=(*two, DenseEncoderConfig(name="bge_prf")), prf=PrfConfig(fuse=False))
     with pytest.raises(ValueError, match="not first stages"):
         TextPipelineJob(encoders=two, fusion=ScoreFusionConfig(sources=("bm25", "bge_prf")))  # no prf
     with pytest.raises(ValueError, match="below depth"):
-        TextPipelineJob(encoders=two, depth=10, prf=PrfConfig(ks=(10,)))
+        TextPipelineJob(encoders=two, depth=10, prf=PrfConfig(ks=(10,), fuse=False))
     with pytest.raises(ValueError, match="betas"):
         PrfConfig(betas=(0.0, -1.0))
     with pytest.raises(ValueError, match="ks"):

@@ -329,7 +329,7 @@ def test_cache_fingerprint_follows_the_weights_not_their_path(tmp_path):
         fingerprint(tmp_path)
 
 
-def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain_dense(tmp_path, monkeypatch):
+def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain(tmp_path, monkeypatch):
     from seqbert.jobs import text_pipeline
 
     data_dir, encoder, _ = tiny_world(tmp_path)
@@ -343,10 +343,10 @@ def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain_dense(tm
 
     monkeypatch.setattr(text_pipeline, "tune_prf", spy)
     pipe = [f"cache_dir={tmp_path / 'cache'}", TINY_ENCODERS.format(encoder), "depth=20", "rerank_depth=5",
-            "latency_queries=0", "threads=1", "n_resamples=50", "reranker_dir=null", "finetuned_dir=null", "rerank_fusion=null",
-            "export_candidates=null", "rerank_sources=[fused]", "fusion.step=0.25",
-            "fusion.sources=[bm25, dense_prf, bge]"]  # fmt: skip
-    # 1. beta 0 only: the dense_prf stage is the dense stage, list for list
+            "latency_queries=0", "threads=1", "n_resamples=50", "reranker_dir=null", "finetuned_dir=null",
+            "rerank_fusion=null", "export_candidates=null", "rerank_sources=[fused]", "fusion.step=0.25",
+            "fusion.sources=[bm25, dense, bge]"]  # fmt: skip
+    # 1. beta 0 only: dense_prf is dense and fused_prf (bm25, dense_prf, bge) is fused, list for list
     report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "zero",
                      [*pipe, "prf={sources: [dense], ks: [1, 3], betas: [0.0]}"], str(data_dir))  # fmt: skip
     test_ids = list(load_beir(data_dir / "scifact", "test").queries)
@@ -356,18 +356,31 @@ def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain_dense(tm
     assert prf["split"] == "train" and prf["queries"] == 8
     assert (prf["sources"]["dense"]["k"], prf["sources"]["dense"]["beta"]) == (1, 0.0)
     assert prf["sources"]["dense"]["tune_ndcg@10"] == prf["sources"]["dense"]["tune_ndcg@10_plain"]
+    assert list(report["fusion_prf"]["weights"]) == ["bm25", "dense_prf", "bge"]
+    assert report["fusion_prf"]["weights"] == {
+        s.replace("dense", "dense_prf"): w for s, w in report["fusion"]["weights"].items()
+    }
     per_query = json.loads((tmp_path / "zero" / "per_query.json").read_text())["ndcg@10"]
+    for name in ("dense", "fused"):
+        assert per_query[f"{name}_prf"] == per_query[name]
+        assert report["stages"][f"{name}_prf"]["recall@100"] == report["stages"][name]["recall@100"]
+    assert set(report["prf_comparisons"]) == {"dense_prf", "fused_prf"}
+    for name, c in report["prf_comparisons"].items():
+        assert c["baseline"] == name.removesuffix("_prf") and c["diff"] == 0
     # (bm25_prf at beta 0 equals bm25 only up to ties, which this tiny corpus has: see test_prf.py)
-    assert per_query["dense_prf"] == per_query["dense"]
-    assert report["stages"]["dense_prf"]["recall@100"] == report["stages"]["dense"]["recall@100"]
-    # 2. a real grid: the pick is the train argmax of the grid it reports, and fusion reads dense_prf
+    # 2. a real grid over bm25 (RM3) and dense: the pick is the train argmax of the grid it reports
     report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "grid",
-                     [*pipe, "prf={sources: [dense, bm25], ks: [1, 3], betas: [0.0, 0.5, 2.0]}",
-                      "fusion.sources=[bm25_prf, dense_prf, bge]"],
+                     [*pipe, "prf={sources: [dense, bm25], ks: [1, 3], betas: [0.0, 0.5, 2.0]}"],
                      str(data_dir))  # fmt: skip
-    got = report["prf"]["sources"]["dense"]
-    assert len(got["grid"]) == 5 and got["tune_ndcg@10"] == max(got["grid"].values())
-    assert got["grid"][f"k={got['k']},beta={got['beta']:g}"] == got["tune_ndcg@10"]
-    assert set(report["fusion"]["weights"]) == {"bm25_prf", "dense_prf", "bge"}
-    assert {len(report["prf"]["sources"][s]["grid"]) for s in ("dense", "bm25")} == {5}
+    for name in ("dense", "bm25"):
+        got = report["prf"]["sources"][name]
+        assert len(got["grid"]) == 5 and got["tune_ndcg@10"] == max(got["grid"].values())
+        assert got["grid"][f"k={got['k']},beta={got['beta']:g}"] == got["tune_ndcg@10"]
+    assert list(report["fusion_prf"]["weights"]) == ["bm25_prf", "dense_prf", "bge"]
+    assert report["fusion_prf"]["queries"] == 8 and report["fusion_prf"]["split"] == "train"
+    pairs = report["prf_comparisons"]
+    assert set(pairs) == {"dense_prf", "bm25_prf", "fused_prf"}
+    for name, c in pairs.items():
+        diff = report["stages"][name]["ndcg@10"] - report["stages"][c["baseline"]]["ndcg@10"]
+        assert c["diff"] == pytest.approx(diff) and c["p_holm"] >= c["p_value"]
     assert report["baseline"] in ("bm25", "dense", "bge", "hybrid")  # a tuned stage is never the untuned bar
