@@ -8,10 +8,10 @@ Stages (their names in metrics.json):
   ENCODER        one per `encoders` entry (`DenseEncoderConfig`: `dense` = all-MiniLM-L6-v2, mean pooling;
                  `bge` = bge-small-en-v1.5, [CLS] pooling + its query instruction) in an exact Faiss
                  inner-product index; corpus encodings are cached in `cache_dir`, keyed by weights + settings
-  NAME_prf       (`prf`) pseudo-relevance feedback from NAME's own top k (`seqbert.retrieval.prf`): an
-                 encoder's query vector by Rocchio, q' = normalise(q + beta * mean of the top k vectors);
-                 bm25's query by RM3 terms; searched again; (k, beta) tuned on `prf.split` (train);
-                 a `fusion` / `rrf_sources` source like any other
+  NAME_prf       (`prf`) pseudo-relevance feedback from the top k of NAME or of `fused` (`prf.feedback`;
+                 `seqbert.retrieval.prf`): an encoder's query vector by Rocchio, q' = normalise(q + beta *
+                 mean of the top k vectors); bm25's query by RM3 terms; searched again; (k, beta) tuned on
+                 `prf.split` (train); with own feedback a `fusion` / `rrf_sources` source like any other
   hybrid         RRF (Cormack et al. 2009) of `rrf_sources`: nothing tuned
   fused          (`fusion`) a convex combination of per-query normalised scores of `fusion.sources` over the
                  union of their top-`depth` lists, every candidate scored exactly by every source; the
@@ -108,10 +108,14 @@ class ScoreFusionConfig:
         _check_step("fusion", self.step)
 
 
+PRF_FEEDBACK = ("own", "fused")
+
+
 @dataclass(frozen=True)
 class PrfConfig:
-    """`NAME_prf` first stages: pseudo-relevance feedback from NAME's own top k (self-hits dropped), then a
-    second search of the same index (`seqbert.retrieval.prf`):
+    """`NAME_prf` first stages: pseudo-relevance feedback from the top k (self-hits dropped) of NAME itself
+    (`feedback: own`) or of the `fused` stage (`feedback: fused`: a better first pass, so fewer
+    non-relevant documents fed back), then a second search of NAME's index (`seqbert.retrieval.prf`):
 
         encoder NAME  q' = normalise(q + beta * mean_{j <= k} d_j)       (Rocchio on the query vector)
         bm25          w(t) = c(t, q) / |q| + beta * p(t | R)              (RM3, `terms` expansion terms)
@@ -127,6 +131,7 @@ class PrfConfig:
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)  # feedback depths tried
     betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # feedback weights tried, 0 first
     terms: int = 10  # RM3 expansion terms (bm25 only; Anserini's default fbTerms)
+    feedback: str = "own"  # whose top k: "own" (NAME's) or "fused" (the `fused` stage's, weighted uniformly)
     fuse: bool = True  # the `fused_prf` stage (needs `fusion`)
 
     def __post_init__(self) -> None:
@@ -140,6 +145,8 @@ class PrfConfig:
             raise ValueError(f"prf.betas must be finite weights >= 0, got {self.betas!r}")
         if self.terms < 1:
             raise ValueError(f"prf.terms must be >= 1, got {self.terms}")
+        if self.feedback not in PRF_FEEDBACK:
+            raise ValueError(f"prf.feedback must be one of {PRF_FEEDBACK}, got {self.feedback!r}")
 
     def stage_names(self) -> tuple[str, ...]:
         return tuple(f"{s}_prf" for s in self.sources)
@@ -222,6 +229,9 @@ class TextPipelineJob:
                                  f"name, got {self.prf.sources!r}")  # fmt: skip
             if max(self.prf.ks) >= self.depth:
                 raise ValueError(f"prf.ks must stay below depth ({self.depth}), got {self.prf.ks!r}")
+            if self.prf.feedback == "fused" and (self.fusion is None or set(self.fusion.sources) & set(prf)):
+                raise ValueError("prf.feedback: fused needs a `fusion` stage that reads no NAME_prf stage "
+                                 "(they would feed back into each other)")  # fmt: skip
             if self.prf.fuse and (
                 self.fusion is None or self.prf.fused_sources(self.fusion) == self.fusion.sources
             ):
@@ -431,8 +441,18 @@ class FirstStages:
         rows = self.bm25.search(self._queries(qids), self.cfg.depth)  # (B, depth)
         return rows, self.bm25.scores(self._queries(qids), rows)
 
+    def _fused_feedback(self, qids, k: int) -> np.ndarray | None:
+        """The `fused` stage's top k rows (B, k) when `prf.feedback` is "fused", else None."""
+        if self.cfg.prf is None or self.cfg.prf.feedback != "fused":
+            return None
+        return self.scored["fused"](qids)[0][:, :k]  # self-hits already dropped
+
     def bm25_feedback(self, qids, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """BM25's top k rows and scores (B, k), self-hits dropped (-1 / -inf padded)."""
+        """The feedback rows (B, k) of bm25_prf and their weights for RM3: BM25's own top k and scores, or
+        (`prf.feedback: fused`) the fused top k weighted uniformly; self-hits dropped (-1 padded)."""
+        fused = self._fused_feedback(qids, k)
+        if fused is not None:
+            return fused, np.ones(fused.shape)
         queries = self._queries(qids)
         rows = self.bm25.search(queries, k + 1)  # one spare for a self-hit
         rows, scores = self.drop_self(qids, rows, self.bm25.scores(queries, rows))
@@ -459,8 +479,12 @@ class FirstStages:
         return encode_with(enc, model, tokenizer, self._queries(qids), queries=True).numpy()  # (B, H)
 
     def feedback(self, name: str, qids, xq: np.ndarray, k: int) -> np.ndarray:
-        """Encoder `name`'s top k rows (B, k) for query vectors xq (B, H), self-hits dropped (BEIR's rule
-        holds for the feedback too: a query's own abstract is not a document it may retrieve)."""
+        """Encoder `name`'s top k rows (B, k) for query vectors xq (B, H), or (`prf.feedback: fused`) the
+        fused top k; self-hits dropped (BEIR's rule holds for the feedback too: a query's own abstract is
+        not a document it may retrieve)."""
+        fused = self._fused_feedback(qids, k)
+        if fused is not None:
+            return fused
         scores, rows = search(self.encoders[name][4], xq, k + 1)  # one spare for a self-hit
         return self.drop_self(qids, rows, scores.astype(np.float64))[0][:, :k]
 
@@ -781,16 +805,22 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
             texts.update(extra[0].queries)
     report: dict = {"dataset": cfg.data.dataset, "split": cfg.data.split, "queries": len(qids)}
     stages = FirstStages(cfg, data, texts)
-    if prf_set is not None:
-        report["prf"] = tune_prf(stages, *prf_set)
-        for name, got in report["prf"]["sources"].items():
-            print(f"{name}_prf tuned on {report['prf']['queries']} {report['prf']['split']} queries: "
-                  f"k {got['k']} beta {got['beta']} ndcg@10 {got['tune_ndcg@10']:.4f} "
-                  f"(plain {got['tune_ndcg@10_plain']:.4f})", flush=True)  # fmt: skip
-    for stage, key in (("fused", "fusion"), ("fused_prf", "fusion_prf")):
-        if fusion_set is not None and stage in stages.fusions:
-            got = report[key] = tune_fusion(stages, *fusion_set, stage)
-            print(f"{stage} tuned on {got['queries']} {got['split']} queries: {got['weights']} "
+    # what is tuned first is what the others read: NAME_prf may be a `fused` source (feedback own), or
+    # read `fused`'s lists (feedback fused); `fused_prf` reads the NAME_prf stages
+    order = ["prf", "fused", "fused_prf"]
+    if cfg.prf is not None and cfg.prf.feedback == "fused":
+        order = ["fused", "prf", "fused_prf"]
+    for step in order:
+        if step == "prf" and prf_set is not None:
+            report["prf"] = tune_prf(stages, *prf_set)
+            for name, got in report["prf"]["sources"].items():
+                print(f"{name}_prf tuned on {report['prf']['queries']} {report['prf']['split']} queries: "
+                      f"k {got['k']} beta {got['beta']} ndcg@10 {got['tune_ndcg@10']:.4f} "
+                      f"(plain {got['tune_ndcg@10_plain']:.4f})", flush=True)  # fmt: skip
+        elif step != "prf" and fusion_set is not None and step in stages.fusions:
+            key = {"fused": "fusion", "fused_prf": "fusion_prf"}[step]
+            got = report[key] = tune_fusion(stages, *fusion_set, step)
+            print(f"{step} tuned on {got['queries']} {got['split']} queries: {got['weights']} "
                   f"{got['method']} ndcg@10 {got['tune_ndcg@10']:.4f}", flush=True)  # fmt: skip
     if cfg.export_candidates is not None:
         report["candidates_file"] = str(export_candidates(stages, cfg, out, data_dir))

@@ -131,3 +131,12 @@ def test_prf_config_is_validated():
         PrfConfig(ks=(0, 3))
     with pytest.raises(ValueError, match="terms"):
         PrfConfig(terms=0)
+    with pytest.raises(ValueError, match="feedback"):
+        PrfConfig(feedback="bm25")
+    fused = ScoreFusionConfig(sources=("bm25", "dense", "bge"))
+    assert (
+        TextPipelineJob(encoders=two, fusion=fused, prf=PrfConfig(feedback="fused")).prf.feedback == "fused"
+    )
+    with pytest.raises(ValueError, match="feed back into each other"):  # fused would read what it feeds
+        TextPipelineJob(encoders=two, prf=PrfConfig(feedback="fused", fuse=False),
+                        fusion=ScoreFusionConfig(sources=("bm25", "bge_prf")))  # fmt: skip

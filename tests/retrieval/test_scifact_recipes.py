@@ -384,3 +384,23 @@ def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain(tmp_path
         diff = report["stages"][name]["ndcg@10"] - report["stages"][c["baseline"]]["ndcg@10"]
         assert c["diff"] == pytest.approx(diff) and c["p_holm"] >= c["p_value"]
     assert report["baseline"] in ("bm25", "dense", "bge", "hybrid")  # a tuned stage is never the untuned bar
+    # 3. feedback from the fused stage: fused is tuned first, and the feedback rows are its top k
+    checked = []
+
+    def fused_feedback(stages, data, qids):
+        got = real(stages, data, qids)
+        top = stages.scored["fused"](qids[:3])[0]
+        assert (
+            stages.feedback("dense", qids[:3], stages.encode("dense", qids[:3]), 2).tolist()
+            == top[:, :2].tolist()
+        )
+        rows, weights = stages.bm25_feedback(qids[:3], 2)
+        assert rows.tolist() == top[:, :2].tolist() and (weights == 1).all()
+        checked.append(True)
+        return got
+
+    monkeypatch.setattr(text_pipeline, "tune_prf", fused_feedback)
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "fb",
+                     [*pipe, "prf={sources: [dense, bm25], ks: [1, 3], betas: [0.0, 0.5], feedback: fused}"],
+                     str(data_dir))  # fmt: skip
+    assert checked and set(report["prf_comparisons"]) == {"dense_prf", "bm25_prf", "fused_prf"}
