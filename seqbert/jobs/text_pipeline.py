@@ -136,7 +136,9 @@ class PrfConfig:
 
     def __post_init__(self) -> None:
         if not self.sources or len(set(self.sources)) != len(self.sources):
-            raise ValueError(f"prf.sources must name >= 1 distinct encoders, got {self.sources!r}")
+            raise ValueError(
+                f"prf.sources must name >= 1 distinct first stages (bm25, encoders), got {self.sources!r}"
+            )
         if self.max_queries is not None and self.max_queries < 2:
             raise ValueError(f"prf.max_queries must be >= 2, got {self.max_queries}")
         if not self.ks or min(self.ks) < 1:
