@@ -409,6 +409,7 @@ class FirstStages:
                 self.fusions["fused_prf"] = cfg.prf.fused_sources(cfg.fusion)
         self.fusion_weights: dict[str, tuple[tuple[float, ...], str]] = {}
         self.prf: dict[str, tuple[int, float]] = {}
+        self._feedback_lists: tuple = (None, None)  # (key, fused rows) of `_fused_feedback`
         self.memo: dict[str, dict[str, dict[int, float]]] = {}
         self.scored: dict[str, Scored] = {"bm25": self._memo("bm25", self._bm25)}
         for name in (*self.encoders, *(cfg.prf.stage_names() if cfg.prf else ())):
@@ -444,10 +445,14 @@ class FirstStages:
         return rows, self.bm25.scores(self._queries(qids), rows)
 
     def _fused_feedback(self, qids, k: int) -> np.ndarray | None:
-        """The `fused` stage's top k rows (B, k) when `prf.feedback` is "fused", else None."""
+        """The `fused` stage's top k rows (B, k) when `prf.feedback` is "fused", else None. Kept for the
+        last query batch and weights: every PRF'd source of one batch reads the same lists."""
         if self.cfg.prf is None or self.cfg.prf.feedback != "fused":
             return None
-        return self.scored["fused"](qids)[0][:, :k]  # self-hits already dropped
+        key = (tuple(qids), self.fusion_weights.get("fused"))
+        if self._feedback_lists[0] != key:
+            self._feedback_lists = (key, self.scored["fused"](qids)[0])  # self-hits already dropped
+        return self._feedback_lists[1][:, :k]
 
     def bm25_feedback(self, qids, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The feedback rows (B, k) of bm25_prf and their weights for RM3: BM25's own top k and scores, or

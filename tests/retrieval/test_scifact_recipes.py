@@ -396,6 +396,12 @@ def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain(tmp_path
         )
         rows, weights = stages.bm25_feedback(qids[:3], 2)
         assert rows.tolist() == top[:, :2].tolist() and (weights == 1).all()
+        tuned = stages.fusion_weights["fused"]
+        for w in ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0)):  # the kept lists follow the fusion weights
+            stages.fusion_weights["fused"] = (w, "minmax")
+            top = stages.scored["fused"](qids[:3])[0]
+            assert stages.bm25_feedback(qids[:3], 2)[0].tolist() == top[:, :2].tolist()
+        stages.fusion_weights["fused"] = tuned
         checked.append(True)
         return got
 
