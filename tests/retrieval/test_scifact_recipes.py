@@ -113,7 +113,8 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))
     stages = report["stages"]
     reranked = {f"rerank_{m}@{s}5" for m in ("msmarco", "seqbert") for s in ("hybrid", "fused")}
-    assert set(stages) == {"bm25", "dense", "bge", "hybrid", "fused", *reranked,
+    prf = {"bm25_prf", "dense_prf", "bge_prf", "fused_prf"}  # the recipe's pseudo-relevance feedback
+    assert set(stages) == {"bm25", "dense", "bge", "hybrid", "fused", *prf, *reranked,
                            *(f"{r}+rrf" for r in reranked), *(f"{r}+tuned" for r in reranked)}  # fmt: skip
     assert report["queries"] == 4
     for name, m in stages.items():
@@ -153,7 +154,7 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
         assert c["diff"] == pytest.approx(stages[name]["ndcg@10"] - stages[base]["ndcg@10"])
         assert c["p_holm"] >= c["p_value"] and c["diff_low"] <= c["diff"] <= c["diff_high"]
     # ... and every reranking stage with the best first stage of all (the tuned `fused` included)
-    firsts = ("bm25", "dense", "bge", "hybrid", "fused")
+    firsts = ("bm25", "dense", "bge", "hybrid", "fused", *prf)
     top = report["best_first_stage"]
     assert (
         stages[top]["ndcg@10"]
@@ -235,7 +236,7 @@ def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_
             run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak", [*ok, *leak], str(data_dir))
     # ... and so is reporting on them
     with pytest.raises(ValueError, match="reported here"):
-        wrong = [*ok, "data.split=train", "fusion.split=test", "rerank_fusion.split=test",
+        wrong = [*ok, "data.split=train", "fusion.split=test", "prf.split=test", "rerank_fusion.split=test",
                  "rerank_fusion.holdout=null"]  # fmt: skip
         run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak2", wrong, str(data_dir))
 
