@@ -36,7 +36,7 @@ def rocchio(xq: np.ndarray, xb: np.ndarray, feedback: np.ndarray, beta: float) -
     if feedback.size and feedback.max() >= len(xb):
         raise ValueError(f"feedback row {int(feedback.max())} is outside the corpus of {len(xb)} rows")
     real = feedback >= 0  # (B, K)
-    docs = np.asarray(xb, dtype=np.float64)[np.where(real, feedback, 0)]  # (B, K, H)
+    docs = np.asarray(xb)[np.where(real, feedback, 0)].astype(np.float64)  # (B, K, H), rows gathered first
     mean = (docs * real[..., None]).sum(1) / np.maximum(real.sum(1, keepdims=True), 1)  # (B, H)
     q = xq + beta * mean  # (B, H)
     norm = np.linalg.norm(q, axis=1, keepdims=True)  # (B, 1)
