@@ -141,7 +141,8 @@ def best_ann(row: dict, min_recall: float = 0.95) -> dict:
 def scifact_summary(path: Path) -> dict:
     """The headline SciFact numbers from a text_pipeline run's metrics.json; a reranker's figure is
     its best first stage (the stage name says which). "+rrf" / "+tuned": the reranking fused with its first
-    stage by RRF / by a score weight tuned on train queries. p_value: the best pipeline against the best
+    stage by RRF / by a score weight tuned on train queries. fused_prf_vs_fused: the fused stage after
+    pseudo-relevance feedback against the plain one (paired t-test; Holm across the PRF stages). p_value: the best pipeline against the best
     untuned first stage, paired t-test on per-query NDCG@10 (p_value_holm: Holm-corrected across stages)."""
     report = json.loads(path.read_text())
     stages = report["stages"]
@@ -176,7 +177,20 @@ def scifact_summary(path: Path) -> dict:
             if stage is not None:
                 out[f"{tag}_reranker{key}_ndcg@10"] = value
                 out[f"{tag}_reranker{key}_pipeline"] = stage
-    for key in ("fusion", "rerank_fusion", "comparisons", "comparisons_vs_best_first_stage"):
+    # pseudo-relevance feedback: the fused stage over the PRF'd sources against the plain fused stage
+    fb = report.get("prf_comparisons", {}).get("fused_prf")
+    if fb:
+        out["fused_prf_vs_fused"] = {"diff": fb["diff"], "diff_ci95": [fb["diff_low"], fb["diff_high"]],
+                                     "p_value": fb["p_value"], "p_value_holm": fb["p_holm"]}  # fmt: skip
+    for key in (
+        "prf",
+        "fusion",
+        "fusion_prf",
+        "rerank_fusion",
+        "comparisons",
+        "comparisons_vs_best_first_stage",
+        "prf_comparisons",
+    ):
         if key in report:
             out[key] = report[key]
     out["stages"] = stages

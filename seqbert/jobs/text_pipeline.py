@@ -8,11 +8,17 @@ Stages (their names in metrics.json):
   ENCODER        one per `encoders` entry (`DenseEncoderConfig`: `dense` = all-MiniLM-L6-v2, mean pooling;
                  `bge` = bge-small-en-v1.5, [CLS] pooling + its query instruction) in an exact Faiss
                  inner-product index; corpus encodings are cached in `cache_dir`, keyed by weights + settings
+  NAME_prf       (`prf`) pseudo-relevance feedback from the top k of NAME or of `fused` (`prf.feedback`;
+                 `seqbert.retrieval.prf`): an encoder's query vector by Rocchio, q' = normalise(q + beta *
+                 mean of the top k vectors); bm25's query by RM3 terms; searched again; (k, beta) tuned on
+                 `prf.split` (train); with own feedback a `fusion` / `rrf_sources` source like any other
   hybrid         RRF (Cormack et al. 2009) of `rrf_sources`: nothing tuned
   fused          (`fusion`) a convex combination of per-query normalised scores of `fusion.sources` over the
                  union of their top-`depth` lists, every candidate scored exactly by every source; the
                  weights and the normalisation are tuned on `fusion.split` (train), never on the reported
                  split (`seqbert.retrieval.fusion.tune_weights`)
+  fused_prf      (`prf.fuse`) `fused` with every source that has a NAME_prf stage replaced by it, its own
+                 weights tuned the same way; `prf_comparisons` tests each X_prf against X per query
   NAME@SRCd      a cross-encoder (NAME: rerank_msmarco = `reranker_dir`, rerank_seqbert = `finetuned_dir`)
                  rescoring the top d = `rerank_depth` of first stage SRC; the rest keeps SRC's order, so
                  recall@100 is SRC's
@@ -30,8 +36,8 @@ best untuned first stage (bm25, an encoder, or hybrid) on the reported split its
 baseline: paired t-test, a bootstrap interval of the mean difference, Holm's correction across the stages
 (`seqbert.evaluation.stats.compare_runs`). `comparisons_vs_best_first_stage`: every reranking stage against
 the best first stage of all (`best_first_stage`, the train-tuned `fused` included), Holm across the
-reranking stages; `best_two_stage_vs_best_first_stage` is the headline test. `per_query.json` keeps the
-vectors.
+reranking stages; `best_two_stage_vs_best_first_stage` is the headline test. `prf_comparisons`: every
+pseudo-relevance-feedback stage X_prf against X, Holm across them. `per_query.json` keeps the vectors.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from seqbert.evaluation.metrics import evaluate_ranked
-from seqbert.evaluation.stats import compare_runs
+from seqbert.evaluation.stats import compare_runs, holm
 from seqbert.jobs.text_io import read_trained_queries, write_candidates, write_metrics
 from seqbert.jobs.text_rerank import BeirDataConfig, HoldoutConfig, _load, _positive, torch_threads
 from seqbert.pipeline import PipelineConfig, order_by_scores, run_two_stage
@@ -64,10 +70,11 @@ from seqbert.retrieval.fusion import (
     weighted_scores,
 )
 from seqbert.retrieval.index import IndexConfig, build_index, search
+from seqbert.retrieval.prf import rm3_weights, rocchio, tune_feedback
 from seqbert.tasks.rerank import load_cross_encoder, rerank
 from seqbert.tasks.text import minilm_dir
 
-RESERVED = ("bm25", "hybrid", "fused")  # stage names an encoder may not take
+RESERVED = ("bm25", "hybrid", "fused", "fused_prf")  # stage names an encoder may not take
 
 
 def _check_methods(where: str, methods: tuple[str, ...]) -> None:
@@ -99,6 +106,56 @@ class ScoreFusionConfig:
             raise ValueError(f"fusion.max_queries must be >= 2, got {self.max_queries}")
         _check_methods("fusion", self.methods)
         _check_step("fusion", self.step)
+
+
+PRF_FEEDBACK = ("own", "fused")
+
+
+@dataclass(frozen=True)
+class PrfConfig:
+    """`NAME_prf` first stages: pseudo-relevance feedback from the top k (self-hits dropped) of NAME itself
+    (`feedback: own`) or of the `fused` stage (`feedback: fused`: a better first pass, so fewer
+    non-relevant documents fed back), then a second search of NAME's index (`seqbert.retrieval.prf`):
+
+        encoder NAME  q' = normalise(q + beta * mean_{j <= k} d_j)       (Rocchio on the query vector)
+        bm25          w(t) = c(t, q) / |q| + beta * p(t | R)              (RM3, `terms` expansion terms)
+
+    (k, beta) per source: the argmax of NDCG@10 of NAME_prf alone over `betas` x `ks` on the judged
+    queries of `split` (train), never the reported split. beta = 0 (plain NAME) leads the default grid, so
+    PRF that does not help on train is switched off. A NAME_prf stage may be a `fusion` / `rrf` source;
+    `fuse` adds the stage `fused_prf`: `fusion` over the PRF'd sources, weights tuned on `fusion.split`."""
+
+    sources: tuple[str, ...] = ("bge",)  # encoder names and/or bm25
+    split: str = "train"
+    max_queries: int | None = None  # the first N judged queries of `split`; None: all
+    ks: tuple[int, ...] = (1, 2, 3, 5, 10)  # feedback depths tried
+    betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # feedback weights tried, 0 first
+    terms: int = 10  # RM3 expansion terms (bm25 only; Anserini's default fbTerms)
+    feedback: str = "own"  # whose top k: "own" (NAME's) or "fused" (the `fused` stage's, weighted uniformly)
+    fuse: bool = True  # the `fused_prf` stage (needs `fusion`)
+
+    def __post_init__(self) -> None:
+        if not self.sources or len(set(self.sources)) != len(self.sources):
+            raise ValueError(
+                f"prf.sources must name >= 1 distinct first stages (bm25, encoders), got {self.sources!r}"
+            )
+        if self.max_queries is not None and self.max_queries < 2:
+            raise ValueError(f"prf.max_queries must be >= 2, got {self.max_queries}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"prf.ks must be positive feedback depths, got {self.ks!r}")
+        if not self.betas or not all(np.isfinite(b) and b >= 0 for b in self.betas):
+            raise ValueError(f"prf.betas must be finite weights >= 0, got {self.betas!r}")
+        if self.terms < 1:
+            raise ValueError(f"prf.terms must be >= 1, got {self.terms}")
+        if self.feedback not in PRF_FEEDBACK:
+            raise ValueError(f"prf.feedback must be one of {PRF_FEEDBACK}, got {self.feedback!r}")
+
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(f"{s}_prf" for s in self.sources)
+
+    def fused_sources(self, fusion: ScoreFusionConfig) -> tuple[str, ...]:
+        """`fused_prf`'s sources: `fusion.sources` with each NAME in `sources` replaced by NAME_prf."""
+        return tuple(f"{s}_prf" if s in self.sources else s for s in fusion.sources)
 
 
 @dataclass(frozen=True)
@@ -146,6 +203,7 @@ class TextPipelineJob:
     depth: int = 100  # first-stage list length (recall@100 needs 100)
     rrf_k: int = 60
     rrf_sources: tuple[str, ...] = ("bm25", "dense")  # the `hybrid` stage
+    prf: PrfConfig | None = None  # the `NAME_prf` stages; None: skip
     fusion: ScoreFusionConfig | None = None  # the `fused` stage; None: skip
     rerank_sources: tuple[str, ...] = ("hybrid",)  # first stages to rerank
     rerank_depth: int = 100
@@ -165,7 +223,23 @@ class TextPipelineJob:
         names = [e.name for e in self.encoders]
         if len(set(names)) != len(names) or set(names) & set(RESERVED):
             raise ValueError(f"encoder names must be distinct and none of {RESERVED}, got {names}")
-        scored = ("bm25", *names)
+        prf = self.prf.stage_names() if self.prf else ()
+        if self.prf is not None:
+            bad = [s for s in self.prf.sources if s not in ("bm25", *names)]
+            if bad or set(prf) & set(names):
+                raise ValueError(f"prf.sources must be bm25 or encoders {names} whose NAME_prf is no encoder's "
+                                 f"name, got {self.prf.sources!r}")  # fmt: skip
+            if max(self.prf.ks) >= self.depth:
+                raise ValueError(f"prf.ks must stay below depth ({self.depth}), got {self.prf.ks!r}")
+            if self.prf.feedback == "fused" and (self.fusion is None or set(self.fusion.sources) & set(prf)):
+                raise ValueError("prf.feedback: fused needs a `fusion` stage that reads no NAME_prf stage "
+                                 "(they would feed back into each other)")  # fmt: skip
+            if self.prf.fuse and (
+                self.fusion is None or self.prf.fused_sources(self.fusion) == self.fusion.sources
+            ):
+                raise ValueError("prf.fuse needs a `fusion` stage with a source named in prf.sources "
+                                 "(or set prf.fuse: false)")  # fmt: skip
+        scored = ("bm25", *names, *prf)
         for where, wanted in (("rrf_sources", self.rrf_sources),
                               ("fusion.sources", self.fusion.sources if self.fusion else ())):  # fmt: skip
             bad = [x for x in wanted if x not in scored]
@@ -177,7 +251,7 @@ class TextPipelineJob:
         bad = [x for x in self.rerank_sources if x not in stages]
         if bad or not self.rerank_sources:
             raise ValueError(f"rerank_sources must name some of {stages}, got {self.rerank_sources!r}")
-        for split in {s.split for s in (self.fusion, self.rerank_fusion) if s is not None}:
+        for split in {s.split for s in (self.prf, self.fusion, self.rerank_fusion) if s is not None}:
             if split == self.data.split:
                 raise ValueError(f"weights tuned on split {split!r} would be reported on that same split")
         _positive(self, "depth", "rrf_k", "rerank_depth", "rerank_max_len", "rerank_batch_size",
@@ -192,7 +266,9 @@ class TextPipelineJob:
 
     def first_stage_names(self) -> tuple[str, ...]:
         fused = ("fused",) if self.fusion is not None else ()
-        return ("bm25", *(e.name for e in self.encoders), "hybrid", *fused)
+        fused += ("fused_prf",) if self.prf is not None and self.prf.fuse else ()
+        prf = self.prf.stage_names() if self.prf is not None else ()
+        return ("bm25", *(e.name for e in self.encoders), *prf, "hybrid", *fused)
 
 
 # ------------------------------------------------------------------------------------------ caches
@@ -312,7 +388,9 @@ def _union(lists: list[np.ndarray]) -> np.ndarray:
 class FirstStages:
     """Every first stage over one corpus for queries of any split: `scored[name](qids)` -> (rows, scores)
     (B, depth) best first, -1 / -inf padded, self-hits removed. `memo[name][qid]` keeps each query's
-    {row: score} of the last call, the first-stage score that `+tuned` fuses with."""
+    {row: score} of the last call, the first-stage score that `+tuned` fuses with. `prf[name]` = (k, beta)
+    of stage `name`_prf, set by `tune_prf`; `fusions[stage]` = the sources of a score-fusion stage and
+    `fusion_weights[stage]` = (weights, normalisation), set by `tune_fusion`."""
 
     def __init__(self, cfg: TextPipelineJob, corpus: BeirData, texts: dict[str, str]) -> None:
         self.cfg, self.texts = cfg, texts
@@ -324,28 +402,35 @@ class FirstStages:
             model, tokenizer = load_encoder(model_dir)
             xb = corpus_embeddings(enc, model_dir, model, tokenizer, corpus.doc_texts, cfg.cache_dir)
             self.encoders[enc.name] = (enc, model, tokenizer, xb, build_index(xb, IndexConfig("Flat", "ip")))
-        self.fusion_weights: tuple[float, ...] | None = None
-        self.fusion_method = "minmax"
+        self.fusions: dict[str, tuple[str, ...]] = {}
+        if cfg.fusion is not None:
+            self.fusions["fused"] = cfg.fusion.sources
+            if cfg.prf is not None and cfg.prf.fuse:
+                self.fusions["fused_prf"] = cfg.prf.fused_sources(cfg.fusion)
+        self.fusion_weights: dict[str, tuple[tuple[float, ...], str]] = {}
+        self.prf: dict[str, tuple[int, float]] = {}
+        self._feedback_lists: tuple = (None, None)  # (key, fused rows) of `_fused_feedback`
         self.memo: dict[str, dict[str, dict[int, float]]] = {}
         self.scored: dict[str, Scored] = {"bm25": self._memo("bm25", self._bm25)}
-        for name in self.encoders:
-            self.scored[name] = self._memo(name, lambda qids, n=name: self._dense(n, qids))
+        for name in (*self.encoders, *(cfg.prf.stage_names() if cfg.prf else ())):
+            fn = self._bm25_prf if name == "bm25_prf" else lambda qids, n=name: self._dense(n, qids)
+            self.scored[name] = self._memo(name, fn)
         self.scored["hybrid"] = self._memo("hybrid", self._hybrid)
-        if cfg.fusion is not None:
-            self.scored["fused"] = self._memo("fused", self._fused)
+        for name in self.fusions:
+            self.scored[name] = self._memo(name, lambda qids, n=name: self._fused(n, qids))
 
     def _memo(self, name: str, fn: Scored) -> Scored:
         store = self.memo.setdefault(name, {})
 
         def call(qids):
-            rows, scores = self._drop_self(qids, *fn(list(qids)))
+            rows, scores = self.drop_self(qids, *fn(list(qids)))
             for q, r, s in zip(qids, rows, scores):
                 store[q] = {int(d): float(x) for d, x in zip(r, s) if d >= 0}
             return rows, scores
 
         return call
 
-    def _drop_self(self, qids, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def drop_self(self, qids, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mine = np.array([self.self_row.get(q, -2) for q in qids])[:, None]  # (B, 1)
         hit = rows == mine
         if not hit.any():
@@ -359,43 +444,105 @@ class FirstStages:
         rows = self.bm25.search(self._queries(qids), self.cfg.depth)  # (B, depth)
         return rows, self.bm25.scores(self._queries(qids), rows)
 
-    def _encode(self, name: str, qids) -> np.ndarray:
+    def _fused_feedback(self, qids, k: int) -> np.ndarray | None:
+        """The `fused` stage's top k rows (B, k) when `prf.feedback` is "fused", else None. Kept for the
+        last query batch and weights: every PRF'd source of one batch reads the same lists."""
+        if self.cfg.prf is None or self.cfg.prf.feedback != "fused":
+            return None
+        key = (tuple(qids), self.fusion_weights.get("fused"))
+        if self._feedback_lists[0] != key:
+            self._feedback_lists = (key, self.scored["fused"](qids)[0])  # self-hits already dropped
+        return self._feedback_lists[1][:, :k]
+
+    def bm25_feedback(self, qids, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The feedback rows (B, k) of bm25_prf and their weights for RM3: BM25's own top k and scores, or
+        (`prf.feedback: fused`) the fused top k weighted uniformly; self-hits dropped (-1 padded)."""
+        fused = self._fused_feedback(qids, k)
+        if fused is not None:
+            return fused, np.ones(fused.shape)
+        queries = self._queries(qids)
+        rows = self.bm25.search(queries, k + 1)  # one spare for a self-hit
+        rows, scores = self.drop_self(qids, rows, self.bm25.scores(queries, rows))
+        return rows[:, :k], scores[:, :k]
+
+    def rm3(self, qids, rows: np.ndarray, scores: np.ndarray, beta: float) -> list[dict[str, float]]:
+        """RM3-weighted queries {term: w} from feedback rows / scores (B, k) (-1 padding left out)."""
+        assert self.cfg.prf is not None
+        terms = self.bm25.terms(self._queries(qids))
+        return [rm3_weights(t, self.bm25.doc_terms(r[r >= 0].tolist()), s[r >= 0], self.cfg.prf.terms, beta)
+                for t, r, s in zip(terms, rows, scores)]  # fmt: skip
+
+    def bm25_weights(self, qids) -> list[dict[str, float]]:
+        if "bm25" not in self.prf:
+            raise RuntimeError("bm25_prf: its feedback depth and weight are not tuned yet (call tune_prf)")
+        k, beta = self.prf["bm25"]
+        return self.rm3(qids, *self.bm25_feedback(qids, k), beta)
+
+    def _bm25_prf(self, qids):
+        return self.bm25.weighted_search(self.bm25_weights(qids), self.cfg.depth)  # (B, depth) each
+
+    def encode(self, name: str, qids) -> np.ndarray:
         enc, model, tokenizer, _, _ = self.encoders[name]
         return encode_with(enc, model, tokenizer, self._queries(qids), queries=True).numpy()  # (B, H)
 
-    def _dense(self, name: str, qids):
-        scores, rows = search(self.encoders[name][4], self._encode(name, qids), self.cfg.depth)
+    def feedback(self, name: str, qids, xq: np.ndarray, k: int) -> np.ndarray:
+        """Encoder `name`'s top k rows (B, k) for query vectors xq (B, H), or (`prf.feedback: fused`) the
+        fused top k; self-hits dropped (BEIR's rule holds for the feedback too: a query's own abstract is
+        not a document it may retrieve)."""
+        fused = self._fused_feedback(qids, k)
+        if fused is not None:
+            return fused
+        scores, rows = search(self.encoders[name][4], xq, k + 1)  # one spare for a self-hit
+        return self.drop_self(qids, rows, scores.astype(np.float64))[0][:, :k]
+
+    def vectors(self, stage: str, qids) -> tuple[np.ndarray, str]:
+        """(query vectors (B, H), encoder name) of a dense stage: an encoder, or `NAME_prf` (Rocchio)."""
+        if stage in self.encoders:
+            return self.encode(stage, qids), stage
+        name = stage.removesuffix("_prf")
+        if name not in self.prf:
+            raise RuntimeError(f"{stage}: its feedback depth and weight are not tuned yet (call tune_prf)")
+        k, beta = self.prf[name]
+        xq = self.encode(name, qids)  # (B, H)
+        return rocchio(xq, self.encoders[name][3], self.feedback(name, qids, xq, k), beta), name
+
+    def _dense(self, stage: str, qids):
+        xq, name = self.vectors(stage, qids)
+        scores, rows = search(self.encoders[name][4], xq, self.cfg.depth)
         return rows, scores.astype(np.float64)  # (B, depth) each
 
     def _hybrid(self, qids):
         lists = [self.scored[s](qids)[0] for s in self.cfg.rrf_sources]
         return rrf_with_scores(lists, self.cfg.rrf_k, self.cfg.depth)
 
-    def fusion_inputs(self, qids) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The union (B, C) of the fusion sources' top-`depth` lists and each source's exact score of every
-        candidate, [(B, C)] in `fusion.sources` order (-inf on padding)."""
-        assert self.cfg.fusion is not None
-        sources, queries = self.cfg.fusion.sources, self._queries(qids)
-        xq = {s: self._encode(s, qids) for s in sources if s != "bm25"}  # (B, H) each, encoded once
+    def fusion_inputs(self, qids, stage: str = "fused") -> tuple[np.ndarray, list[np.ndarray]]:
+        """The union (B, C) of fusion `stage`'s sources' top-`depth` lists and each source's exact score of
+        every candidate, [(B, C)] in `fusions[stage]` order (-inf on padding)."""
+        sources, queries = self.fusions[stage], self._queries(qids)
+        sparse = ("bm25", "bm25_prf")
+        xq = {s: self.vectors(s, qids) for s in sources if s not in sparse}  # ((B, H), encoder), encoded once
+        weights = self.bm25_weights(qids) if "bm25_prf" in sources else []
         lists = [self.bm25.search(queries, self.cfg.depth) if s == "bm25" else
-                 search(self.encoders[s][4], xq[s], self.cfg.depth)[1] for s in sources]  # fmt: skip
+                 self.bm25.weighted_search(weights, self.cfg.depth)[0] if s == "bm25_prf" else
+                 search(self.encoders[xq[s][1]][4], xq[s][0], self.cfg.depth)[1] for s in sources]  # fmt: skip
         union = _union(lists)  # (B, C)
         pad = union < 0
         out = []
         for s in sources:
-            if s == "bm25":
-                out.append(self.bm25.scores(queries, union))
+            if s in sparse:
+                out.append(self.bm25.scores(queries, union) if s == "bm25" else
+                           self.bm25.weighted_scores(weights, union))  # fmt: skip
                 continue
-            xb = self.encoders[s][3]  # (N, H)
-            dots = np.einsum("bh,bch->bc", xq[s], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
+            xb = self.encoders[xq[s][1]][3]  # (N, H)
+            dots = np.einsum("bh,bch->bc", xq[s][0], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)
             out.append(np.where(pad, -np.inf, dots))
         return union, out
 
-    def _fused(self, qids):
-        if self.fusion_weights is None:
-            raise RuntimeError("the fused stage's weights are not tuned yet (call tune_fusion)")
-        union, scores = self.fusion_inputs(qids)
-        fused = weighted_scores(scores, self.fusion_weights, self.fusion_method)  # (B, C)
+    def _fused(self, stage: str, qids):
+        if stage not in self.fusion_weights:
+            raise RuntimeError(f"the {stage} stage's weights are not tuned yet (call tune_fusion)")
+        union, scores = self.fusion_inputs(qids, stage)
+        fused = weighted_scores(scores, *self.fusion_weights[stage])  # (B, C)
         return _best_first(union, fused, self.cfg.depth)
 
 
@@ -404,31 +551,65 @@ def mean_ndcg10(rel: tuple[np.ndarray, np.ndarray]) -> Callable[[np.ndarray], np
     return lambda ranked: evaluate_ranked(ranked[:, :10], rel[0], rel[1], ks=(10,))["ndcg@10"]
 
 
-def tune_fusion(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
-    """Pick the `fused` stage's weights and normalisation on `data`'s queries `qids` (a train split)."""
-    cfg = stages.cfg.fusion
+def tune_prf(stages: FirstStages, data: BeirData, qids: list[str]) -> dict:
+    """Pick each `NAME_prf` stage's (k, beta) on `data`'s queries `qids` (a train split): NDCG@10 of the
+    search after feedback alone (self-hits dropped, as in every stage)."""
+    cfg = stages.cfg.prf
     assert cfg is not None
     ndcg = mean_ndcg10(judgements(data, qids))
-    union, scores = _realign(stages, qids)
+
+    def top10(rows: np.ndarray, scores: np.ndarray) -> float:
+        return float(ndcg(stages.drop_self(qids, rows, scores.astype(np.float64))[0]).mean())
+
+    report: dict = {"split": cfg.split, "queries": len(qids), "sources": {}}
+    for name in cfg.sources:
+        if name == "bm25":
+            rows, scores = stages.bm25_feedback(qids, max(cfg.ks))  # (Q, max k), best first
+
+            def evaluate(k: int, beta: float, rows=rows, scores=scores) -> float:
+                weights = stages.rm3(qids, rows[:, :k], scores[:, :k], beta)
+                return top10(*stages.bm25.weighted_search(weights, 11))  # 10 after one possible self-hit
+
+        else:
+            xq, (_, _, _, xb, index) = stages.encode(name, qids), stages.encoders[name]
+            feedback = stages.feedback(name, qids, xq, max(cfg.ks))  # (Q, max k), best first
+
+            def evaluate(k: int, beta: float, xq=xq, xb=xb, index=index, feedback=feedback) -> float:
+                scores, rows = search(index, rocchio(xq, xb, feedback[:, :k], beta), 11)
+                return top10(rows, scores)
+
+        k, beta, value, table = tune_feedback(cfg.ks, cfg.betas, evaluate)
+        stages.prf[name] = (k, beta)
+        report["sources"][name] = {"k": k, "beta": beta, "tune_ndcg@10": value,
+                                   "tune_ndcg@10_plain": evaluate(cfg.ks[0], 0.0), "grid": table}  # fmt: skip
+    return report
+
+
+def tune_fusion(stages: FirstStages, data: BeirData, qids: list[str], stage: str = "fused") -> dict:
+    """Pick score-fusion `stage`'s weights and normalisation on `data`'s queries `qids` (a train split)."""
+    cfg, sources = stages.cfg.fusion, stages.fusions[stage]
+    assert cfg is not None
+    ndcg = mean_ndcg10(judgements(data, qids))
+    union, scores = _realign(stages, qids, stage)
     weights, method, value = tune_weights(
         scores, lambda fused: ndcg(order_by_scores(union, fused)).mean(), cfg.methods, cfg.step
     )
-    stages.fusion_weights, stages.fusion_method = weights, method
-    alone = {s: float(ndcg(order_by_scores(union, x)).mean()) for s, x in zip(cfg.sources, scores)}
+    stages.fusion_weights[stage] = (weights, method)
+    alone = {s: float(ndcg(order_by_scores(union, x)).mean()) for s, x in zip(sources, scores)}
     return {
         "split": cfg.split,
         "queries": len(qids),
-        "weights": dict(zip(cfg.sources, weights)),
+        "weights": dict(zip(sources, weights)),
         "method": method,
-        "grid_points": len(simplex_grid(len(cfg.sources), cfg.step)) * len(cfg.methods),
+        "grid_points": len(simplex_grid(len(sources), cfg.step)) * len(cfg.methods),
         "tune_ndcg@10": value,
         "tune_ndcg@10_single_source": alone,
     }
 
 
-def _realign(stages: FirstStages, qids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _realign(stages: FirstStages, qids: list[str], stage: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """fusion_inputs with self-hit candidates masked (-1 / -inf) in place, so every source stays aligned."""
-    union, scores = stages.fusion_inputs(qids)
+    union, scores = stages.fusion_inputs(qids, stage)
     mine = np.array([stages.self_row.get(q, -2) for q in qids])[:, None]
     hit = union == mine
     return np.where(hit, -1, union), [np.where(hit, -np.inf, s) for s in scores]
@@ -588,6 +769,20 @@ def check_unseen(model_dir: str, dataset: str, split: str, qids: list[str], role
         )
 
 
+def prf_comparisons(
+    per_query: dict[str, np.ndarray], pairs: list[tuple[str, str]], n_resamples: int, alpha: float = 0.05
+) -> dict[str, dict]:
+    """Each (X_prf, X) pair compared per query (paired t-test, bootstrap CI of the mean difference), Holm's
+    correction across the pairs: does feedback improve the stage it starts from?"""
+    rows = [compare_runs({base: {"ndcg@10": per_query[base]}, run: {"ndcg@10": per_query[run]}}, base,
+                         ["ndcg@10"], n_resamples=n_resamples)[0] for run, base in pairs]  # fmt: skip
+    adjusted = holm([c.p_value for c in rows])
+    return {
+        c.run: dataclasses.asdict(dataclasses.replace(c, p_holm=float(p), significant=bool(p < alpha)))
+        for c, p in zip(rows, adjusted)
+    }
+
+
 def run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None = None) -> dict:
     with torch_threads(cfg.threads):
         return _run_pipeline(cfg, out, data_dir)
@@ -596,6 +791,7 @@ def run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None = None) -
 def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict:
     t0 = time.perf_counter()
     data, qids = _load(cfg.data, data_dir)
+    prf_set = _tuning_queries(cfg, cfg.prf.split, cfg.prf.max_queries, data_dir) if cfg.prf else None
     fusion_set = (
         _tuning_queries(cfg, cfg.fusion.split, cfg.fusion.max_queries, data_dir) if cfg.fusion else None
     )
@@ -608,7 +804,7 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
                 cfg.finetuned_dir, cfg.data.dataset, split, rerank_set[1], "that rerank_fusion tunes on"
             )
     texts = dict(data.queries)
-    for extra in (fusion_set, rerank_set):
+    for extra in (prf_set, fusion_set, rerank_set):
         if extra is not None:
             clash = [q for q in extra[0].queries if q in texts and texts[q] != extra[0].queries[q]]
             if clash:
@@ -616,11 +812,23 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
             texts.update(extra[0].queries)
     report: dict = {"dataset": cfg.data.dataset, "split": cfg.data.split, "queries": len(qids)}
     stages = FirstStages(cfg, data, texts)
-    if fusion_set is not None:
-        report["fusion"] = tune_fusion(stages, *fusion_set)
-        print(f"fusion tuned on {report['fusion']['queries']} {cfg.fusion.split} queries: "  # type: ignore[union-attr]
-              f"{report['fusion']['weights']} {report['fusion']['method']} "
-              f"ndcg@10 {report['fusion']['tune_ndcg@10']:.4f}")  # fmt: skip
+    # what is tuned first is what the others read: NAME_prf may be a `fused` source (feedback own), or
+    # read `fused`'s lists (feedback fused); `fused_prf` reads the NAME_prf stages
+    order = ["prf", "fused", "fused_prf"]
+    if cfg.prf is not None and cfg.prf.feedback == "fused":
+        order = ["fused", "prf", "fused_prf"]
+    for step in order:
+        if step == "prf" and prf_set is not None:
+            report["prf"] = tune_prf(stages, *prf_set)
+            for name, got in report["prf"]["sources"].items():
+                print(f"{name}_prf tuned on {report['prf']['queries']} {report['prf']['split']} queries: "
+                      f"k {got['k']} beta {got['beta']} ndcg@10 {got['tune_ndcg@10']:.4f} "
+                      f"(plain {got['tune_ndcg@10_plain']:.4f})", flush=True)  # fmt: skip
+        elif step != "prf" and fusion_set is not None and step in stages.fusions:
+            key = {"fused": "fusion", "fused_prf": "fusion_prf"}[step]
+            got = report[key] = tune_fusion(stages, *fusion_set, step)
+            print(f"{step} tuned on {got['queries']} {got['split']} queries: {got['weights']} "
+                  f"{got['method']} ndcg@10 {got['tune_ndcg@10']:.4f}", flush=True)  # fmt: skip
     if cfg.export_candidates is not None:
         report["candidates_file"] = str(export_candidates(stages, cfg, out, data_dir))
 
@@ -713,6 +921,12 @@ def _run_pipeline(cfg: TextPipelineJob, out: Path, data_dir: str | None) -> dict
         for c in vs_top:
             print(f"{c.run:32s} - {top}: {c.diff:+.4f} [{c.diff_low:+.4f}, {c.diff_high:+.4f}]  "
                   f"p {c.p_value:.2g}  holm {c.p_holm:.2g}")  # fmt: skip
+    prf_pairs = [(n, n.removesuffix("_prf")) for n in results if n.endswith("_prf") and "@" not in n]
+    if prf_pairs:
+        report["prf_comparisons"] = prf_comparisons(per_query, prf_pairs, cfg.n_resamples)
+        for name, c in report["prf_comparisons"].items():
+            print(f"{name:32s} - {c['baseline']}: {c['diff']:+.4f} [{c['diff_low']:+.4f}, {c['diff_high']:+.4f}]  "
+                  f"p {c['p_value']:.2g}  holm {c['p_holm']:.2g}")  # fmt: skip
     report["seconds"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "per_query.json").write_text(

@@ -4,10 +4,15 @@ stemming when PyStemmer is installed.
     index = Bm25Index(doc_texts)
     rows = index.search(["query one", "query two"], k=100)   # (Q, k) corpus rows, best first
     s = index.scores(["query one", "query two"], rows)        # (Q, k) their BM25 scores (score fusion)
+
+Weighted queries (pseudo-relevance feedback, `seqbert.retrieval.prf.rm3_weights`): a query as {term: w},
+scored s(d) = sum_t w_t BM25(t, d), as Lucene scores a boosted bag of terms; {t: count of t in q} is
+plain BM25 (`weighted_search` equals `search` then, tests/retrieval/test_prf.py).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +34,8 @@ class Bm25Index:
             except ImportError:
                 print("PyStemmer not installed: BM25 without stemming")
         self.size = len(texts)
+        self.texts = list(texts)
+        self._doc_terms: list[Counter] | None = None
         self.retriever = bm25s.BM25()
         self.retriever.index(self._tokenize(texts), show_progress=False)
 
@@ -63,4 +70,55 @@ class Bm25Index:
             full = self.retriever.get_scores(words)  # (N,) the query against every document
             keep = rows[q] >= 0
             out[q, keep] = full[rows[q, keep]]
+        return out
+
+    def terms(self, texts: Sequence[str]) -> list[list[str]]:
+        """The index's analysis of each text: lower-cased, stopwords out, stemmed -> its terms in order."""
+        return self._bm25s.tokenize(
+            list(texts), stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False
+        )
+
+    def doc_terms(self, rows: Sequence[int]) -> list[Counter]:
+        """Term counts of corpus rows (the corpus is analysed once, on first use)."""
+        if self._doc_terms is None:
+            self._doc_terms = [Counter(t) for t in self.terms(self.texts)]
+        return [self._doc_terms[r] for r in rows]
+
+    def weighted_full(self, weights: dict[str, float]) -> np.ndarray:
+        """sum_t w_t BM25(t, d) for every document d -> (N,) float64; terms outside the vocabulary add 0.
+
+        Reads bm25s' precomputed (term -> documents) score matrix: BM25(t, d) is its entry."""
+        m, vocab = self.retriever.scores, self.retriever.vocab_dict
+        out = np.zeros(self.size)
+        for term, w in weights.items():
+            t = vocab.get(term)
+            if t is None or w == 0:
+                continue
+            lo, hi = m["indptr"][t], m["indptr"][t + 1]
+            out[m["indices"][lo:hi]] += w * m["data"][lo:hi]  # a document appears once per term
+        return out
+
+    def weighted_search(self, weights: Sequence[dict[str, float]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows of weighted queries (Q, k) best first and their scores (Q, k); ties by row."""
+        if not 1 <= k <= self.size:
+            raise ValueError(f"k must be in [1, {self.size}], got {k}")
+        rows, scores = [], []
+        for w in weights:
+            full = self.weighted_full(w)  # (N,)
+            kth = np.partition(full, self.size - k)[self.size - k]  # the k-th largest score
+            cand = np.flatnonzero(full >= kth)  # every document that can make the top k, ties included
+            top = cand[np.lexsort((cand, -full[cand]))][:k]  # (k,) by score, then row
+            rows.append(top)
+            scores.append(full[top])
+        return np.array(rows, dtype=np.int64).reshape(-1, k), np.array(scores).reshape(-1, k)
+
+    def weighted_scores(self, weights: Sequence[dict[str, float]], rows: np.ndarray) -> np.ndarray:
+        """`scores` for weighted queries: s(rows[q, j]) -> (Q, C) float64; -1 padding scores -inf."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 2 or len(rows) != len(weights):
+            raise ValueError(f"rows must have shape ({len(weights)}, C), got {rows.shape}")
+        out = np.full(rows.shape, -np.inf)
+        for q, w in enumerate(weights):
+            keep = rows[q] >= 0
+            out[q, keep] = self.weighted_full(w)[rows[q, keep]]
         return out

@@ -113,7 +113,8 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
     report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "run", overrides, str(data_dir))
     stages = report["stages"]
     reranked = {f"rerank_{m}@{s}5" for m in ("msmarco", "seqbert") for s in ("hybrid", "fused")}
-    assert set(stages) == {"bm25", "dense", "bge", "hybrid", "fused", *reranked,
+    prf = {"bm25_prf", "dense_prf", "bge_prf", "fused_prf"}  # the recipe's pseudo-relevance feedback
+    assert set(stages) == {"bm25", "dense", "bge", "hybrid", "fused", *prf, *reranked,
                            *(f"{r}+rrf" for r in reranked), *(f"{r}+tuned" for r in reranked)}  # fmt: skip
     assert report["queries"] == 4
     for name, m in stages.items():
@@ -153,7 +154,7 @@ def test_finetune_then_pipeline_end_to_end(tmp_path):
         assert c["diff"] == pytest.approx(stages[name]["ndcg@10"] - stages[base]["ndcg@10"])
         assert c["p_holm"] >= c["p_value"] and c["diff_low"] <= c["diff"] <= c["diff_high"]
     # ... and every reranking stage with the best first stage of all (the tuned `fused` included)
-    firsts = ("bm25", "dense", "bge", "hybrid", "fused")
+    firsts = ("bm25", "dense", "bge", "hybrid", "fused", *prf)
     top = report["best_first_stage"]
     assert (
         stages[top]["ndcg@10"]
@@ -235,7 +236,7 @@ def test_holdout_fine_tune_on_exported_fused_negatives_and_no_tuning_on_trained_
             run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak", [*ok, *leak], str(data_dir))
     # ... and so is reporting on them
     with pytest.raises(ValueError, match="reported here"):
-        wrong = [*ok, "data.split=train", "fusion.split=test", "rerank_fusion.split=test",
+        wrong = [*ok, "data.split=train", "fusion.split=test", "prf.split=test", "rerank_fusion.split=test",
                  "rerank_fusion.holdout=null"]  # fmt: skip
         run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "leak2", wrong, str(data_dir))
 
@@ -327,3 +328,86 @@ def test_cache_fingerprint_follows_the_weights_not_their_path(tmp_path):
     assert fingerprint(a) == fingerprint(b) == fingerprint(tmp_path / "link") != fingerprint(c)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         fingerprint(tmp_path)
+
+
+def test_pipeline_prf_stages_tuned_on_train_only_and_beta_zero_is_plain(tmp_path, monkeypatch):
+    from seqbert.jobs import text_pipeline
+
+    data_dir, encoder, _ = tiny_world(tmp_path)
+    seen: list[tuple[str, ...]] = []
+    real = text_pipeline.tune_prf
+
+    def spy(stages, data, qids):  # records which queries (and whose judgements) the tuning reads
+        seen.append(tuple(qids))
+        assert set(qids) <= set(data.qrels)
+        return real(stages, data, qids)
+
+    monkeypatch.setattr(text_pipeline, "tune_prf", spy)
+    pipe = [f"cache_dir={tmp_path / 'cache'}", TINY_ENCODERS.format(encoder), "depth=20", "rerank_depth=5",
+            "latency_queries=0", "threads=1", "n_resamples=50", "reranker_dir=null", "finetuned_dir=null",
+            "rerank_fusion=null", "export_candidates=null", "rerank_sources=[fused]", "fusion.step=0.25",
+            "fusion.sources=[bm25, dense, bge]"]  # fmt: skip
+    # 1. beta 0 only: dense_prf is dense and fused_prf (bm25, dense_prf, bge) is fused, list for list
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "zero",
+                     [*pipe, "prf={sources: [dense], ks: [1, 3], betas: [0.0]}"], str(data_dir))  # fmt: skip
+    test_ids = list(load_beir(data_dir / "scifact", "test").queries)
+    train_ids = list(load_beir(data_dir / "scifact", "train").queries)
+    assert seen == [tuple(train_ids)] and not set(test_ids) & set(seen[0])  # train only, all of it
+    prf = report["prf"]
+    assert prf["split"] == "train" and prf["queries"] == 8
+    assert (prf["sources"]["dense"]["k"], prf["sources"]["dense"]["beta"]) == (1, 0.0)
+    assert prf["sources"]["dense"]["tune_ndcg@10"] == prf["sources"]["dense"]["tune_ndcg@10_plain"]
+    assert list(report["fusion_prf"]["weights"]) == ["bm25", "dense_prf", "bge"]
+    assert report["fusion_prf"]["weights"] == {
+        s.replace("dense", "dense_prf"): w for s, w in report["fusion"]["weights"].items()
+    }
+    per_query = json.loads((tmp_path / "zero" / "per_query.json").read_text())["ndcg@10"]
+    for name in ("dense", "fused"):
+        assert per_query[f"{name}_prf"] == per_query[name]
+        assert report["stages"][f"{name}_prf"]["recall@100"] == report["stages"][name]["recall@100"]
+    assert set(report["prf_comparisons"]) == {"dense_prf", "fused_prf"}
+    for name, c in report["prf_comparisons"].items():
+        assert c["baseline"] == name.removesuffix("_prf") and c["diff"] == 0
+    # (bm25_prf at beta 0 equals bm25 only up to ties, which this tiny corpus has: see test_prf.py)
+    # 2. a real grid over bm25 (RM3) and dense: the pick is the train argmax of the grid it reports
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "grid",
+                     [*pipe, "prf={sources: [dense, bm25], ks: [1, 3], betas: [0.0, 0.5, 2.0]}"],
+                     str(data_dir))  # fmt: skip
+    for name in ("dense", "bm25"):
+        got = report["prf"]["sources"][name]
+        assert len(got["grid"]) == 5 and got["tune_ndcg@10"] == max(got["grid"].values())
+        assert got["grid"][f"k={got['k']},beta={got['beta']:g}"] == got["tune_ndcg@10"]
+    assert list(report["fusion_prf"]["weights"]) == ["bm25_prf", "dense_prf", "bge"]
+    assert report["fusion_prf"]["queries"] == 8 and report["fusion_prf"]["split"] == "train"
+    pairs = report["prf_comparisons"]
+    assert set(pairs) == {"dense_prf", "bm25_prf", "fused_prf"}
+    for name, c in pairs.items():
+        diff = report["stages"][name]["ndcg@10"] - report["stages"][c["baseline"]]["ndcg@10"]
+        assert c["diff"] == pytest.approx(diff) and c["p_holm"] >= c["p_value"]
+    assert report["baseline"] in ("bm25", "dense", "bge", "hybrid")  # a tuned stage is never the untuned bar
+    # 3. feedback from the fused stage: fused is tuned first, and the feedback rows are its top k
+    checked = []
+
+    def fused_feedback(stages, data, qids):
+        got = real(stages, data, qids)
+        top = stages.scored["fused"](qids[:3])[0]
+        assert (
+            stages.feedback("dense", qids[:3], stages.encode("dense", qids[:3]), 2).tolist()
+            == top[:, :2].tolist()
+        )
+        rows, weights = stages.bm25_feedback(qids[:3], 2)
+        assert rows.tolist() == top[:, :2].tolist() and (weights == 1).all()
+        tuned = stages.fusion_weights["fused"]
+        for w in ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0)):  # the kept lists follow the fusion weights
+            stages.fusion_weights["fused"] = (w, "minmax")
+            top = stages.scored["fused"](qids[:3])[0]
+            assert stages.bm25_feedback(qids[:3], 2)[0].tolist() == top[:, :2].tolist()
+        stages.fusion_weights["fused"] = tuned
+        checked.append(True)
+        return got
+
+    monkeypatch.setattr(text_pipeline, "tune_prf", fused_feedback)
+    report = run_job(RECIPES / "scifact_pipeline.yaml", tmp_path / "fb",
+                     [*pipe, "prf={sources: [dense, bm25], ks: [1, 3], betas: [0.0, 0.5], feedback: fused}"],
+                     str(data_dir))  # fmt: skip
+    assert checked and set(report["prf_comparisons"]) == {"dense_prf", "bm25_prf", "fused_prf"}
