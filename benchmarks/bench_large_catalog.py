@@ -10,8 +10,8 @@ length 200, batch 128 (25,600 labelled positions per step), Zipf(1.0) item popul
   full_ce          full softmax over the catalogue; at 1 M items one step at batch 128 needs
                    (25,600 x 1 M) float32 logits = 102 GB per tensor, so it runs at --full-ce-batch rows
                    (default 1: 200 positions) and the batch-128 cost is extrapolated, marked as such
-  sampled_softmax  K shared negatives (mixed: half popularity, half uniform) with logQ correction
-  gbce             K shared uniform negatives, t = 0.75
+  sampled_softmax  K negatives per sequence (mixed: half popularity, half uniform) with logQ correction
+  gbce             K uniform negatives per sequence, t = 0.75
   eval             seqbert.tasks.catalogue.topk_histories: top-10 over the catalogue for 1,000 users
                    (histories of 50 items, seen items excluded), chunked (never a 1,000 x 1 M matrix),
                    against its floor in the same run: the same products without any selection
@@ -61,8 +61,9 @@ def child(spec: dict) -> dict:
     loss = {"full_ce": "ce", "eval": "ce"}.get(spec["loss"], spec["loss"])
     negatives = "mixed" if loss == "sampled_softmax" else "uniform"
     task = RecConfig(
-        objective="next_item", max_len=LENGTH, loss=loss, num_negatives=NEGATIVES, negatives=negatives
-    )
+        objective="next_item", max_len=LENGTH, loss=loss, num_negatives=NEGATIVES, negatives=negatives,
+        negatives_per="sequence",  # the default: each sequence draws its own K
+    )  # fmt: skip
     bert = BertConfig(
         vocab_size=V, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS, intermediate_size=4 * HIDDEN,
         max_len=LENGTH, type_vocab_size=0, causal=True, dropout=0.2, attention_dropout=0.2,
@@ -280,8 +281,8 @@ def main() -> None:
             "gbce": summary(f"gbce@{small}")["peak_rss_mb"],
         },  # fmt: skip
         "setting": f"next_item (SASRec+), hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads, length {LENGTH}, "
-        f"batch {BATCH} ({BATCH * LENGTH} labelled positions), {NEGATIVES} shared negatives, AdamW step included",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared by five developers, "
+        f"batch {BATCH} ({BATCH * LENGTH} labelled positions), {NEGATIVES} negatives per sequence, AdamW step included",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads, load average at start {os.getloadavg()[0]:.1f}",
         "command": "python " + " ".join(sys.argv),
         "runs": runs | {"full_ce": [full_ce], "eval": [evaluation]},
