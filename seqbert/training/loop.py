@@ -449,7 +449,8 @@ def _memory_mb() -> dict[str, float]:
     except (ImportError, OSError, IndexError, ValueError):
         return {}
     rss = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # KiB on Linux; the kernel folds the current RSS into its high-water mark lazily, hence the max
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss)
     return {"rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
 
 

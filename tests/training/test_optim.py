@@ -105,3 +105,30 @@ def test_progress_schedule_rejects_bad_inputs():
         lr_at_progress(0.5, 1.0, warmup_fraction=1.0)
     with pytest.raises(ValueError, match="schedule"):
         lr_at_progress(0.5, 1.0, schedule="step")
+
+
+def test_cpu_optimizer_is_fused_and_equals_the_reference_adamw():
+    """The fused CPU AdamW makes the same updates as torch's reference (for-loop) AdamW, per group."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=12, max_len=7
+    )
+    fast, slow = BertForPreTraining(config, nsp=True), BertForPreTraining(config, nsp=True)
+    slow.load_state_dict(fast.state_dict())
+    optimizer = configure_optimizer(fast, lr=1e-2, weight_decay=0.1)
+    groups = [{**g, "params": [slow.get_parameter(n) for n, p in fast.named_parameters() if any(p is q for q in g["params"])]}
+              for g in optimizer.param_groups]  # fmt: skip
+    reference = torch.optim.AdamW(
+        [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups], lr=1e-2, foreach=False
+    )
+    assert optimizer.defaults["fused"] and not reference.defaults["fused"]
+    start = [p.detach().clone() for p in fast.parameters()]
+    for _ in range(5):
+        for p, q in zip(fast.parameters(), slow.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(fast.parameters(), start))  # every tensor moved
