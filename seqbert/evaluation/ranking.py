@@ -211,9 +211,10 @@ def _map_batches(fn: Callable, batches: list, workers: int) -> Iterator:
     64 users through a hidden-64 model is a chain of small ops, and OpenMP splits each op and joins at a
     barrier, so the cores idle at every join (and wait far longer when another process holds a core). Two
     batches at once, one per core, need no join; torch releases the GIL inside its ops. Measured on ML-1M
-    BERT4Rec (6,040 users, batches of 64, 2 cores): 2.0 s vs 2.5 s idle, 3 s vs 13-21 s beside one other
-    busy process (benchmarks/RESULTS.md, "Evaluation workers"). Grad mode and the torch thread count are
-    per thread, so each worker sets both; the caller's thread count is left as it was.
+    (6,040 users, batches of 128, 2 idle cores, the whole evaluation): BERT4Rec 1.4-1.6 s vs 1.7-1.9 s,
+    SASRec+ 1.6 vs 1.8 s; scoring beside one other busy process 3 s vs 13-21 s (benchmarks/RESULTS.md,
+    "Evaluation workers"). Grad mode and the torch thread count are per thread, so each worker sets both;
+    the caller's thread count is left as it was.
     """
     if workers == 1 or len(batches) < 2:
         return map(fn, batches)
