@@ -293,10 +293,15 @@ def _train(
 
     # ---- the loop: one iteration per optimizer step
     stream = _batch_stream(source, state.epoch, state.batch, rank, world_size)
-    bar = tqdm(
-        total=config.max_steps, initial=state.step, disable=not (config.progress and rank == 0), desc="train"
-    )
     timed = config.schedule_clock == "time"
+    # a time-clocked run counts training seconds against its budget (max_steps is then only an upper bound)
+    bar = tqdm(
+        total=config.max_seconds if timed else config.max_steps,
+        initial=round(state.train_seconds, 1) if timed else state.step,
+        unit="s" if timed else "it",
+        disable=not (config.progress and rank == 0),
+        desc="train",
+    )
     t_start, seconds_before = clock(), state.seconds
     t_log, t_mark, items = t_start, t_start, 0  # t_mark: where the training clock last read
     model.train()
@@ -381,8 +386,8 @@ def _train(
                     f.write(json.dumps(record) + "\n")
             t_log, items = now, 0
             _release_freed_memory()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", items_s=throughput, refresh=False)
+        bar.update(round(step_seconds, 3) if timed else 1)
+        bar.set_postfix(step=state.step, loss=f"{loss_value:.4f}", items_s=throughput, refresh=False)
         state.stop_reason = stop
         if stop or improved or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
             last_checkpoint = _save(run_dir, model, optimizer, scaler, state, config, rank, world_size)
