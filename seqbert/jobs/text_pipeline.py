@@ -521,9 +521,10 @@ class FirstStages:
         sources, queries = self.fusions[stage], self._queries(qids)
         sparse = ("bm25", "bm25_prf")
         xq = {s: self.vectors(s, qids) for s in sources if s not in sparse}  # ((B, H), encoder), encoded once
-        weights = self.bm25_weights(qids) if "bm25_prf" in sources else []
+        # bm25_prf's whole-corpus scores (B, N), computed once for its top list and for the union's scores
+        prf_full = self.bm25.weighted_matrix(self.bm25_weights(qids)) if "bm25_prf" in sources else None
         lists = [self.bm25.search(queries, self.cfg.depth) if s == "bm25" else
-                 self.bm25.weighted_search(weights, self.cfg.depth)[0] if s == "bm25_prf" else
+                 self.bm25.top_rows(prf_full, self.cfg.depth)[0] if s == "bm25_prf" else
                  search(self.encoders[xq[s][1]][4], xq[s][0], self.cfg.depth)[1] for s in sources]  # fmt: skip
         union = _union(lists)  # (B, C)
         pad = union < 0
@@ -531,7 +532,7 @@ class FirstStages:
         for s in sources:
             if s in sparse:
                 out.append(self.bm25.scores(queries, union) if s == "bm25" else
-                           self.bm25.weighted_scores(weights, union))  # fmt: skip
+                           self.bm25.at_rows(prf_full, union))  # fmt: skip
                 continue
             xb = self.encoders[xq[s][1]][3]  # (N, H)
             dots = np.einsum("bh,bch->bc", xq[s][0], xb[np.where(pad, 0, union)]).astype(np.float64)  # (B, C)

@@ -57,20 +57,9 @@ class Bm25Index:
         Any row may be asked, not only the query's top-k: score fusion needs every candidate of the union
         of several first stages scored by each of them.
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.ndim != 2 or len(rows) != len(queries):
-            raise ValueError(f"rows must have shape ({len(queries)}, C), got {rows.shape}")
-        if rows.size and rows.max() >= self.size:
-            raise ValueError(f"row {int(rows.max())} is outside the corpus of {self.size} documents")
-        tokens = self._bm25s.tokenize(
-            list(queries), stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False
-        )
-        out = np.full(rows.shape, -np.inf)
-        for q, words in enumerate(tokens):
-            full = self.retriever.get_scores(words)  # (N,) the query against every document
-            keep = rows[q] >= 0
-            out[q, keep] = full[rows[q, keep]]
-        return out
+        self._check_rows(rows, len(queries))
+        full = np.stack([self.retriever.get_scores(words) for words in self.terms(queries)])  # (Q, N)
+        return self.at_rows(full, rows)
 
     def terms(self, texts: Sequence[str]) -> list[list[str]]:
         """The index's analysis of each text: lower-cased, stopwords out, stemmed -> its terms in order."""
@@ -98,27 +87,41 @@ class Bm25Index:
             out[m["indices"][lo:hi]] += w * m["data"][lo:hi]  # a document appears once per term
         return out
 
+    def weighted_matrix(self, weights: Sequence[dict[str, float]]) -> np.ndarray:
+        """`weighted_full` of every weighted query -> (Q, N): compute once, then `top_rows` and `at_rows`."""
+        out = np.zeros((len(weights), self.size))  # (Q, N)
+        for q, w in enumerate(weights):
+            out[q] = self.weighted_full(w)
+        return out
+
     def weighted_search(self, weights: Sequence[dict[str, float]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows of weighted queries (Q, k) best first and their scores (Q, k); ties by row."""
-        if not 1 <= k <= self.size:
-            raise ValueError(f"k must be in [1, {self.size}], got {k}")
-        rows, scores = [], []
-        for w in weights:
-            full = self.weighted_full(w)  # (N,)
-            kth = np.partition(full, self.size - k)[self.size - k]  # the k-th largest score
-            cand = np.flatnonzero(full >= kth)  # every document that can make the top k, ties included
-            top = cand[np.lexsort((cand, -full[cand]))][:k]  # (k,) by score, then row
-            rows.append(top)
-            scores.append(full[top])
-        return np.array(rows, dtype=np.int64).reshape(-1, k), np.array(scores).reshape(-1, k)
+        return self.top_rows(self.weighted_matrix(weights), k)
 
     def weighted_scores(self, weights: Sequence[dict[str, float]], rows: np.ndarray) -> np.ndarray:
         """`scores` for weighted queries: s(rows[q, j]) -> (Q, C) float64; -1 padding scores -inf."""
+        self._check_rows(rows, len(weights))
+        return self.at_rows(self.weighted_matrix(weights), rows)
+
+    def top_rows(self, full: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows (Q, k) of whole-corpus scores full (Q, N), best first, ties by row, and their scores."""
+        if not 1 <= k <= self.size:
+            raise ValueError(f"k must be in [1, {self.size}], got {k}")
+        rows = np.empty((len(full), k), dtype=np.int64)
+        for q, f in enumerate(full):
+            kth = np.partition(f, self.size - k)[self.size - k]  # the k-th largest score
+            cand = np.flatnonzero(f >= kth)  # every document that can make the top k, ties included
+            rows[q] = cand[np.lexsort((cand, -f[cand]))][:k]  # by score, then row
+        return rows, np.take_along_axis(full, rows, axis=1)
+
+    def at_rows(self, full: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """full[q, rows[q, j]] (Q, C) of whole-corpus scores full (Q, N); -1 padding scores -inf."""
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.ndim != 2 or len(rows) != len(weights):
-            raise ValueError(f"rows must have shape ({len(weights)}, C), got {rows.shape}")
-        out = np.full(rows.shape, -np.inf)
-        for q, w in enumerate(weights):
-            keep = rows[q] >= 0
-            out[q, keep] = self.weighted_full(w)[rows[q, keep]]
-        return out
+        return np.where(rows >= 0, np.take_along_axis(full, np.maximum(rows, 0), axis=1), -np.inf)
+
+    def _check_rows(self, rows: np.ndarray, num_queries: int) -> None:
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or len(rows) != num_queries:
+            raise ValueError(f"rows must have shape ({num_queries}, C), got {rows.shape}")
+        if rows.size and rows.max() >= self.size:
+            raise ValueError(f"row {int(rows.max())} is outside the corpus of {self.size} documents")
