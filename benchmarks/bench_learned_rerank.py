@@ -44,7 +44,7 @@ def main() -> int:
         "--set", "progress=false", *[x for s in args.set for x in ("--set", s)],
     ]  # fmt: skip
     print("$ " + " ".join(argv), flush=True)
-    subprocess.run([sys.executable, "-m", "seqbert.cli", *argv[1:]], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "seqbert", *argv[1:]], check=True, cwd=ROOT)
     summary = json.loads((Path(args.out) / "metrics.json").read_text())
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.exists() else {}

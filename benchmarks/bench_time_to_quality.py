@@ -60,7 +60,8 @@ def run_one(
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     command = f"OMP_NUM_THREADS={threads} " + " ".join(argv)
     print(f"$ {command}", flush=True)
-    subprocess.run([sys.executable, "-m", "seqbert.cli", *argv[1:]], check=True, env=env, cwd=ROOT)
+    # `python -m seqbert` is the `seqbert` command itself (re-executed under mimalloc: seqbert.malloc)
+    subprocess.run([sys.executable, "-m", "seqbert", *argv[1:]], check=True, env=env, cwd=ROOT)
     return json.loads((out / "metrics.json").read_text()), command
 
 

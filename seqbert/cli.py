@@ -36,9 +36,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seqbert import __version__
+    from seqbert.malloc import active_allocator
     from seqbert.recommender import add_recommend_parser
 
     parser = argparse.ArgumentParser(prog="seqbert", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"seqbert {__version__} (allocator: {active_allocator()})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_recommend_parser(sub)

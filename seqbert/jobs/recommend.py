@@ -39,6 +39,7 @@ from seqbert.data.synthetic import markov_sequences
 from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, NO_TARGET, PAD_ID
 from seqbert.evaluation.protocols import load_or_sample_negatives
 from seqbert.evaluation.ranking import evaluate_ranking, seen_protocol
+from seqbert.malloc import active_allocator
 from seqbert.model.bert import BertConfig
 from seqbert.recommender import Recommender, format_item, save_recommender
 from seqbert.tasks.bert4rec import MostPop, RecConfig, SeqRecommender, make_collate, training_windows
@@ -450,6 +451,7 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
         "test_users": len(test["targets"]),
         "train_windows": len(windows),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "allocator": active_allocator(),  # seqbert.malloc: the seqbert command runs under mimalloc
         "config": config_to_dict(cfg),
         "curve": curve,
         "samples": samples,

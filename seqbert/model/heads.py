@@ -20,18 +20,27 @@ from seqbert.model.dropout import Dropout
 
 
 class MLMHead(nn.Module):
-    """transform (dense + GELU + LayerNorm) -> decoder tied to the input embeddings + bias."""
+    """transform (dense + GELU + LayerNorm) -> decoder tied to the input embeddings + bias.
 
-    def __init__(self, config: BertConfig) -> None:
+    `transform=False` drops the transform: logits = h E^T + b (the dot-product item head of SASRec).
+    """
+
+    def __init__(self, config: BertConfig, transform: bool = True) -> None:
         super().__init__()
-        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size) if transform else None
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if transform else None
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight tied by the owner
+
+    def transformed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """t(h) (..., H): LayerNorm(GELU(W h + c)), or h itself without a transform."""
+        if self.transform is None:
+            return hidden
+        return self.norm(linear(hidden, self.transform, gelu=True))  # fused on CPU fp32 inference
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (..., H) -> logits (..., V); callers pass only the rows they need scored."""
         # the decoder stays addmm: for a wide vocabulary oneDNN's fused bias was not faster (1 thread, 30k)
-        return self.decoder(self.norm(linear(hidden, self.transform, gelu=True)))
+        return self.decoder(self.transformed(hidden))
 
 
 class Pooler(nn.Module):

@@ -25,7 +25,7 @@ from torch import nn
 
 from seqbert.data.masking import mask_tokens
 from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, PAD_ID
-from seqbert.model.bert import Bert, BertConfig, init_weights, linear
+from seqbert.model.bert import Bert, BertConfig, init_weights
 from seqbert.model.heads import IGNORE_INDEX, MLMHead
 from seqbert.tasks.catalogue import (
     NEGATIVES,
@@ -41,6 +41,7 @@ from seqbert.tasks.chunked_ce import chunked_catalogue_ce
 OBJECTIVES = ("cloze", "next_item")
 LOSSES = ("ce", "sampled_softmax", "gbce")
 NEGATIVES_PER = ("sequence", "batch")
+ITEM_HEADS = ("transform", "dot")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class RecConfig:
     negatives: str = "uniform"  # sampled_softmax: one of catalogue.NEGATIVES; gbce: uniform only
     mixed_share: float = 0.5  # negatives="mixed": share of the K drawn by popularity, the rest uniform
     gbce_t: float = 0.75  # gBCE calibration t (Petrov & Macdonald 2023)
+    # "transform": scores = LayerNorm(GELU(W h + c)) . e_i + b_i (BERT's MLM head, Sun et al. 2019);
+    # "dot": scores = h . e_i, the hidden state against the tied item embedding with no transform and no
+    # trained bias (SASRec, K&V's SASRec+, RecTools) -- fewer parameters to overfit a sparse catalogue
+    item_head: str = "transform"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -95,6 +100,8 @@ class RecConfig:
             )
         if not 0.0 < self.mixed_share < 1.0:
             raise ValueError(f"RecConfig.mixed_share must be in (0, 1), got {self.mixed_share!r}")
+        if self.item_head not in ITEM_HEADS:
+            raise ValueError(f"RecConfig.item_head must be one of {ITEM_HEADS}, got {self.item_head!r}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ValueError(f"RecConfig.gbce_t must be in [0, 1], got {self.gbce_t!r}")
         if len(self.replace_probs) != 3 or abs(sum(self.replace_probs) - 1.0) > 1e-6:
@@ -218,7 +225,8 @@ class RecOutput:
 
 
 class SeqRecommender(nn.Module):
-    """BERT core over item ids + an item head (transform + LayerNorm + decoder tied to item embeddings)."""
+    """BERT core over item ids + an item head (transform + LayerNorm, unless item_head="dot", then a decoder
+    tied to the item embeddings)."""
 
     def __init__(self, bert_config: BertConfig, config: RecConfig) -> None:
         super().__init__()
@@ -233,7 +241,7 @@ class SeqRecommender(nn.Module):
         self.config = bert_config
         self.rec_config = config
         self.bert = Bert(bert_config)
-        self.head = MLMHead(bert_config)
+        self.head = MLMHead(bert_config, transform=config.item_head == "transform")
         self.head.apply(lambda m: init_weights(m, bert_config.initializer_range))
         nn.init.zeros_(self.head.decoder.bias)
         if config.loss == "gbce":
@@ -243,6 +251,8 @@ class SeqRecommender(nn.Module):
                 bert_config.vocab_size - FIRST_ITEM_ID, config.num_negatives, config.gbce_t
             )
             nn.init.constant_(self.head.decoder.bias[FIRST_ITEM_ID:], prior)
+        if config.item_head == "dot":  # the bias stays at its start (0, or gBCE's constant prior): untrained
+            self.head.decoder.bias.requires_grad_(False)
         self.head.decoder.weight = self.bert.embeddings.word.weight  # weight tying (Sun et al. 2019, §3.4)
         # special ids are never recommended nor targets: their logits are pinned to -inf
         special = torch.zeros(bert_config.vocab_size, dtype=torch.bool)
@@ -250,8 +260,9 @@ class SeqRecommender(nn.Module):
         self.register_buffer("special", special, persistent=False)
 
     def transformed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """t(h): the head's transform (dense + GELU + LayerNorm); scores = t(h) @ E^T + b."""
-        return self.head.norm(linear(hidden, self.head.transform, gelu=True))  # fused on CPU fp32 inference
+        """t(h): the head's transform (dense + GELU + LayerNorm; identity for item_head="dot");
+        scores = t(h) @ E^T + b."""
+        return self.head.transformed(hidden)  # (..., H)
 
     def catalogue_logits(self, rows: torch.Tensor) -> torch.Tensor:
         logits = self.head(rows)  # (M, V)

@@ -89,7 +89,7 @@ class CrossRecReranker(nn.Module):
             x = layer(x, allowed)  # (B, L + K, H)
         if self.bert.final_norm is not None:
             x = self.bert.final_norm(x)
-        t = self.head.norm(F.gelu(self.head.transform(x[:, L:])))  # (B, K, H)
+        t = self.head.transformed(x[:, L:])  # (B, K, H)
         scores = (t * emb.word(safe)).sum(-1) + self.head.decoder.bias[safe]  # (B, K)
         scores = scores.masked_fill(cands < FIRST_ITEM_ID, float("-inf"))  # padding and special ids
         loss = F.cross_entropy(scores.float(), batch["labels"]) if "labels" in batch else None

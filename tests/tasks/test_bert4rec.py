@@ -25,8 +25,10 @@ from seqbert.tasks.bert4rec import (
 V = 2 + 23  # specials + 23 items (odd on purpose)
 
 
-def small_model(objective="cloze", loss="ce", max_len=9):
-    rec = RecConfig(objective=objective, max_len=max_len, mask_prob=0.3, loss=loss, num_negatives=7)
+def small_model(objective="cloze", loss="ce", max_len=9, item_head="transform"):
+    rec = RecConfig(
+        objective=objective, max_len=max_len, mask_prob=0.3, loss=loss, num_negatives=7, item_head=item_head
+    )
     bert = BertConfig(
         vocab_size=V, hidden_size=12, num_layers=1, num_heads=3, intermediate_size=17, max_len=max_len,
         type_vocab_size=0, causal=objective == "next_item",
@@ -123,6 +125,40 @@ def test_losses_are_finite_and_training_reduces_them(objective, loss):
         opt.step()
         opt.zero_grad()
     assert model(batch).loss.item() < first * 0.8
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "gbce"])
+def test_dot_item_head_scores_the_hidden_state_against_the_item_table_and_trains_no_bias(loss):
+    torch.manual_seed(0)
+    model, rec = small_model("next_item", loss, item_head="dot")
+    assert model.head.transform is None and model.head.norm is None
+    windows = training_windows(seqs([9] * 8), rec)
+    batch = make_collate(rec, V)({"items": windows}, torch.Generator().manual_seed(1))
+    bias = model.head.decoder.bias.detach().clone()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.02)
+    for _ in range(3):
+        model(batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.equal(model.head.decoder.bias, bias)  # never trained
+    model.eval()
+    histories = seqs([3, 6])
+    inputs = make_inputs(histories, rec)
+    with torch.no_grad():
+        h = model.query_hidden(inputs)  # (B, H)
+        expected = h @ model.bert.embeddings.word.weight.T + bias  # (B, V)
+        scores = score_histories(model, histories)
+        torch.testing.assert_close(query_states(model, histories), h)
+    torch.testing.assert_close(scores[:, FIRST_ITEM_ID:], expected[:, FIRST_ITEM_ID:])
+    assert torch.isneginf(scores[:, :FIRST_ITEM_ID]).all()
+    if loss == "ce":  # the chunked CE equals the plain one over these scores
+        model.train(False)
+        h_all = model.bert(batch["input_ids"], batch["attention_mask"])  # (B, L, H)
+        where = batch["labels"] != IGNORE_INDEX
+        logits = model.catalogue_logits(h_all[where])  # (M, V)
+        torch.testing.assert_close(
+            model(batch).loss, torch.nn.functional.cross_entropy(logits, batch["labels"][where])
+        )
 
 
 def test_specials_are_never_scored():
