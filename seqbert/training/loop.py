@@ -386,7 +386,8 @@ def _train(
                     f.write(json.dumps(record) + "\n")
             t_log, items = now, 0
             _release_freed_memory()
-        bar.update(round(step_seconds, 3) if timed else 1)
+        # the last timed step overshoots the budget: the bar stops at its total (tqdm warns past it)
+        bar.update(min(round(step_seconds, 3), max(bar.total - bar.n, 0)) if timed else 1)
         bar.set_postfix(step=state.step, loss=f"{loss_value:.4f}", items_s=throughput, refresh=False)
         state.stop_reason = stop
         if stop or improved or (config.checkpoint_every and state.step % config.checkpoint_every == 0):

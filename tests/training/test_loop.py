@@ -296,6 +296,18 @@ def test_time_schedule_lr_at_0_50_and_100_percent_of_the_budget(tmp_path):
     assert (again.stop_reason, again.step) == ("time_budget", 10)
 
 
+def test_time_clocked_progress_bar_stops_at_the_budget_when_the_last_step_overshoots(tmp_path, capsys):
+    import warnings
+
+    clock = FakeClock()
+    source = regression_source(collate=ticking(clock, 1.5))  # 7 steps of 1.5 s: 10.5 s against 10 s
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm warns ("clamping frac") when a bar passes its total
+        result = train(fresh(), source, timed(progress=True), tmp_path, clock=clock)
+    assert (result.stop_reason, result.step, result.train_seconds) == ("time_budget", 7, 10.5)
+    assert "10.0/10.0" in capsys.readouterr().err
+
+
 def test_time_schedule_does_not_depend_on_max_steps_which_stays_a_bound(tmp_path):
     clock = FakeClock()
     result = train(
