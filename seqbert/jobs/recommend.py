@@ -40,7 +40,7 @@ from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, NO_TARGET, PAD_ID
 from seqbert.evaluation.protocols import load_or_sample_negatives
 from seqbert.evaluation.ranking import evaluate_ranking, seen_protocol
 from seqbert.malloc import active_allocator
-from seqbert.model.bert import BertConfig
+from seqbert.model.bert import LAYOUTS, BertConfig
 from seqbert.recommender import Recommender, format_item, save_recommender
 from seqbert.tasks.bert4rec import MostPop, RecConfig, SeqRecommender, make_collate, training_windows
 from seqbert.tasks.catalogue import count_items
@@ -115,6 +115,7 @@ class ModelConfig:
     dropout: float = 0.2
     attention_dropout: float = 0.2
     pre_ln: bool = False
+    layout: str = "bert"  # "sasrec": Kang & McAuley's layer (seqbert.model.bert.BertConfig.layout)
     # item embeddings at a fresh start: "random" (BERT init) or "cooccurrence" (seqbert.tasks.warmstart:
     # directional PPMI of the training sequences, truncated SVD, seconds on CPU)
     item_init: str = "random"
@@ -122,6 +123,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.item_init not in ("random", "cooccurrence"):
             raise ValueError(f"model.item_init must be 'random' or 'cooccurrence', got {self.item_init!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"model.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "sasrec" and self.pre_ln:
+            raise ValueError("model.pre_ln applies to layout 'bert'; layout 'sasrec' places its own norms")
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,7 @@ def build_model(cfg: RecommendJob, vocab_size: int) -> SeqRecommender:
         vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
         intermediate_size=m.intermediate_size, max_len=cfg.task.max_len, type_vocab_size=0, dropout=m.dropout,
         attention_dropout=m.attention_dropout, pad_id=PAD_ID, pre_ln=m.pre_ln,
+        layout=m.layout,
         causal=cfg.task.objective == "next_item",
     )  # fmt: skip
     return SeqRecommender(bert_config, cfg.task)

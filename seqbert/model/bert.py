@@ -16,6 +16,8 @@ from torch import nn
 
 from seqbert.model.dropout import Dropout, keep_scale
 
+LAYOUTS = ("bert", "sasrec")
+
 
 @dataclass(frozen=True)
 class BertConfig:
@@ -24,6 +26,10 @@ class BertConfig:
     `type_vocab_size=0` means no segment embedding (item sequences use none).
     `pre_ln=True` puts LayerNorm before each sub-layer (plus a final LayerNorm) instead of BERT's post-LN.
     `causal=True` makes attention left-to-right (the SASRec baseline from the same core).
+    `layout="sasrec"` is Kang & McAuley's SASRec layer as their reference code has it (pmixer/SASRec.pytorch,
+    which Klenitskiy & Vasilev's SASRec+ uses): token embeddings scaled by sqrt(H) plus positions with no
+    embedding LayerNorm; in each block LayerNorm on the attention query only, the residual taken from that
+    normalised query, then LayerNorm before a ReLU feed-forward; a final LayerNorm. "bert" is BERT's.
     `fast_dropout=True` draws CPU dropout masks from 16-bit random integers (`seqbert.model.dropout`),
     ~2.8x cheaper than torch's `bernoulli_`; False uses `F.dropout` everywhere (the reference).
     """
@@ -40,6 +46,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_id: int = 0
     pre_ln: bool = False
+    layout: str = "bert"  # one of LAYOUTS
     causal: bool = False
     initializer_range: float = 0.02
     fast_dropout: bool = True
@@ -70,6 +77,12 @@ class BertConfig:
             raise ValueError(
                 f"BertConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}"
             )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"BertConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "sasrec" and self.pre_ln:
+            raise ValueError(
+                "BertConfig.pre_ln applies to layout 'bert'; layout 'sasrec' places its own norms"
+            )
         if self.initializer_range <= 0:
             raise ValueError(f"BertConfig.initializer_range must be > 0, got {self.initializer_range!r}")
 
@@ -88,7 +101,10 @@ class Embeddings(nn.Module):
         self.segment = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
         )
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # layout "sasrec": word embeddings scaled by sqrt(H), no LayerNorm (Kang & McAuley's input)
+        sasrec = config.layout == "sasrec"
+        self.norm = None if sasrec else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word_scale = math.sqrt(config.hidden_size) if sasrec else 1.0
         self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.max_len = config.max_len
 
@@ -97,11 +113,14 @@ class Embeddings(nn.Module):
     ) -> torch.Tensor:
         B, L = input_ids.shape
         self.check_length(L, position_offset)
-        x = self.word(input_ids) + self.position.weight[position_offset : position_offset + L]  # (B, L, H)
+        x = self.word(input_ids)  # (B, L, H)
+        if self.word_scale != 1.0:
+            x = x * self.word_scale  # (B, L, H)
+        x = x + self.position.weight[position_offset : position_offset + L]  # (B, L, H)
         if self.segment is not None:
             # no token_type_ids means "all segment 0", as in Hugging Face BERT
             x = x + (self.segment.weight[0] if token_type_ids is None else self.segment(token_type_ids))
-        return self.dropout(self.norm(x))  # (B, L, H)
+        return self.dropout(x if self.norm is None else self.norm(x))  # (B, L, H)
 
     def check_length(self, L: int, position_offset: int = 0) -> None:
         if position_offset + L > self.max_len:
@@ -235,11 +254,18 @@ class SelfAttention(nn.Module):
         self.fast_dropout = config.fast_dropout
         self.use_sdpa = True  # False selects `eager_attention`, the slow reference
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor | None, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Self-attention of x (B, L, H); with `kv` (B, L, H), queries from x and keys / values from kv."""
         B, L, H = x.shape
-        q, k, v = (
-            linear(x, self.qkv).view(B, L, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)
-        )
+        N, D = self.num_heads, H // self.num_heads
+        if kv is None:
+            q, k, v = linear(x, self.qkv).view(B, L, 3, N, D).permute(2, 0, 3, 1, 4)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): rows q | k | v
+            q = F.linear(x, w[:H], b[:H]).view(B, L, N, D).transpose(1, 2)
+            k, v = F.linear(kv, w[H:], b[H:]).view(B, L, 2, N, D).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, N, L, D)
         dropout_p = self.attention_dropout if self.training else 0.0
         if not self.use_sdpa:
@@ -252,13 +278,17 @@ class SelfAttention(nn.Module):
             )  # (B, N, L, D)
         return linear(y.transpose(1, 2).reshape(B, L, H), self.out)  # (B, L, H)
 
-    def forward_last(self, x: torch.Tensor, key_allowed: torch.Tensor | None) -> torch.Tensor:
+    def forward_last(
+        self, x: torch.Tensor, key_allowed: torch.Tensor | None, query: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`forward(x, allowed)[:, -1:]` (B, 1, H) for a last column that may see every allowed key: keys and
-        values come from every column, the query and the output projection from the last column only."""
+        values come from every column, the query and the output projection from the last column only
+        (`query` (B, 1, H) when it is not x's last column: `forward(query_states, allowed, kv=x)`)."""
         B, L, H = x.shape
         N, D = self.num_heads, H // self.num_heads
         w, b = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): rows q | k | v
-        q = F.linear(x[:, -1:], w[:H], b[:H]).view(B, 1, N, D).transpose(1, 2)  # (B, N, 1, D)
+        last = x[:, -1:] if query is None else query  # (B, 1, H)
+        q = F.linear(last, w[:H], b[:H]).view(B, 1, N, D).transpose(1, 2)  # (B, N, 1, D)
         k, v = F.linear(x, w[H:], b[H:]).view(B, L, 2, N, D).permute(2, 0, 3, 1, 4)  # (B, N, L, D) each
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_allowed)  # (B, N, 1, D)
         return linear(y.transpose(1, 2).reshape(B, 1, H), self.out)  # (B, 1, H)
@@ -269,13 +299,18 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.relu = config.layout == "sasrec"  # SASRec's ReLU; BERT's exact (erf) GELU otherwise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(linear(x, self.up, gelu=True), self.down)  # (B, L, H); exact erf GELU, as in BERT
+        if self.relu:
+            return linear(F.relu(linear(x, self.up)), self.down)  # (B, L, H)
+        return linear(linear(x, self.up, gelu=True), self.down)  # (B, L, H)
 
 
 class Block(nn.Module):
-    """One Transformer layer: post-LN as in BERT (Devlin et al. 2019), or pre-LN (Xiong et al. 2020)."""
+    """One Transformer layer: post-LN as in BERT (Devlin et al. 2019), pre-LN (Xiong et al. 2020), or
+    SASRec's (Kang & McAuley 2018, reference code): q = LN(x); x = q + attn(q, keys and values from x);
+    x = LN(x); x = x + ffn(x)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -285,8 +320,13 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.pre_ln = config.pre_ln
+        self.sasrec = config.layout == "sasrec"
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        if self.sasrec:
+            q = self.attn_norm(x)  # (B, L, H)
+            x = self.ffn_norm(q + self.dropout(self.attn(q, allowed, kv=x)))  # (B, L, H)
+            return x + self.dropout(self.ffn(x))  # (B, L, H)
         if self.pre_ln:
             x = x + self.dropout(self.attn(self.attn_norm(x), allowed))  # (B, L, H)
             return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, L, H)
@@ -299,6 +339,12 @@ class Block(nn.Module):
         the key/value projection is position-wise, so it runs on the last column alone: in the last layer
         ~1/6 of the linear work and one attention row instead of L."""
         last = x[:, -1:]  # (B, 1, H)
+        if self.sasrec:
+            q = self.attn_norm(last)  # (B, 1, H)
+            last = self.ffn_norm(
+                q + self.dropout(self.attn.forward_last(x, key_allowed, query=q))
+            )  # (B, 1, H)
+            return last + self.dropout(self.ffn(last))  # (B, 1, H)
         if self.pre_ln:
             last = last + self.dropout(self.attn.forward_last(self.attn_norm(x), key_allowed))  # (B, 1, H)
             return last + self.dropout(self.ffn(self.ffn_norm(last)))  # (B, 1, H)
@@ -315,7 +361,9 @@ class Bert(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.final_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_ln else None
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.pre_ln or config.layout == "sasrec"
+            else None
         )
         self.apply(lambda m: init_weights(m, config.initializer_range))
         # eval only, off by default: see `forward`

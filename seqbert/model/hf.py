@@ -84,9 +84,9 @@ def config_from_hf(hf: dict) -> BertConfig:
 
 
 def config_to_hf(config: BertConfig) -> dict:
-    if config.pre_ln or config.causal:
+    if config.pre_ln or config.layout != "bert" or config.causal:
         raise ValueError(
-            "Hugging Face BERT is post-LN and bidirectional: pre_ln/causal models cannot be exported"
+            "Hugging Face BERT is post-LN and bidirectional: pre_ln/sasrec-layout/causal models cannot be exported"
         )
     return {
         "model_type": "bert",

@@ -85,6 +85,24 @@ def test_data_section_is_validated(data, message):
         DataConfig(**data)
 
 
+@pytest.mark.parametrize(
+    "sets, message",
+    [(["model.layout=gpt"], "model.layout"), (["model.layout=sasrec", "model.pre_ln=true"], "pre_ln")],
+)
+def test_model_layout_is_validated_before_any_data_is_read(sets, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(RecommendJob, SYNTHETIC, sets, ignore=("job",))
+
+
+def test_model_layout_reaches_the_model():
+    from seqbert.jobs.recommend import build_model
+
+    cfg = load_config(RecommendJob, SYNTHETIC, ["model.layout=sasrec"], ignore=("job",))
+    model = build_model(cfg, vocab_size=50)
+    assert model.bert.config.layout == "sasrec"
+    assert model.bert.embeddings.norm is None and model.bert.final_norm is not None
+
+
 def test_config_builds_from_yaml_with_overrides():
     cfg = load_config(RecommendJob, SYNTHETIC, ["task.objective=next_item"], ignore=("job",))
     assert cfg.task.objective == "next_item" and cfg.data.name == "synthetic"

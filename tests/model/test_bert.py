@@ -52,10 +52,10 @@ def test_config_is_frozen():
         TINY.hidden_size = 4  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("pre_ln", [False, True])
+@pytest.mark.parametrize("layout,pre_ln", [("bert", False), ("bert", True), ("sasrec", False)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_sdpa_equals_eager_reference(pre_ln, causal):
-    config = BertConfig(**{**TINY.__dict__, "pre_ln": pre_ln, "causal": causal})
+def test_sdpa_equals_eager_reference(layout, pre_ln, causal):
+    config = BertConfig(**{**TINY.__dict__, "layout": layout, "pre_ln": pre_ln, "causal": causal})
     model = Bert(config).eval()
     b = batch(pad_left=causal)
     with torch.no_grad():
@@ -243,13 +243,27 @@ def test_grouped_eval_equals_whole_batch_at_real_positions(causal, left):
 
 
 @pytest.mark.parametrize(
-    "pre_ln,causal,layers", [(False, False, 2), (True, True, 2), (False, True, 1), (True, False, 3)]
+    "layout,pre_ln,causal,layers",
+    [
+        ("bert", False, False, 2),
+        ("bert", True, True, 2),
+        ("bert", False, True, 1),
+        ("bert", True, False, 3),
+        ("sasrec", False, True, 2),
+    ],
 )
-def test_encode_last_equals_the_full_encoding_at_the_last_column(pre_ln, causal, layers):
+def test_encode_last_equals_the_full_encoding_at_the_last_column(layout, pre_ln, causal, layers):
     """The recommenders' query path: only the last column goes through the last layer after its keys and
     values, with left padding, a shifted position offset, full rows (no mask) and under autograd."""
     config = BertConfig(
-        **{**TINY.__dict__, "causal": causal, "pre_ln": pre_ln, "num_layers": layers, "max_len": 64}
+        **{
+            **TINY.__dict__,
+            "layout": layout,
+            "causal": causal,
+            "pre_ln": pre_ln,
+            "num_layers": layers,
+            "max_len": 64,
+        }
     )
     model = Bert(config).eval()
     ids, mask, _ = varied_lengths(left=True)
@@ -282,3 +296,40 @@ def test_inference_compiles_with_torch_compile():
     with torch.inference_mode():
         compiled = torch.compile(model, dynamic=False)(b["input_ids"], b["attention_mask"])
         torch.testing.assert_close(compiled, model(b["input_ids"], b["attention_mask"]), atol=1e-5, rtol=1e-5)
+
+
+def test_sasrec_layout_equals_a_transcription_of_the_sasrec_reference_code():
+    """layout="sasrec" == pmixer/SASRec.pytorch's forward as Klenitskiy & Vasilev use it (src/models.py of
+    antklen/sasrec-bert4rec-recsys23), transcribed here with torch's MultiheadAttention on our weights:
+    seqs = emb * sqrt(H) + pos; per block Q = LN(seqs); seqs = Q + MHA(Q, seqs, seqs, causal);
+    seqs = LN(seqs); seqs = seqs + W2 relu(W1 seqs); then the last LayerNorm. Full rows: no padding."""
+    config = BertConfig(
+        vocab_size=99, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=32, max_len=16,
+        type_vocab_size=0, dropout=0.0, attention_dropout=0.0, layout="sasrec", causal=True,
+    )  # fmt: skip
+    model = Bert(config).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a dropped or misplaced one shows
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ids = torch.randint(2, 99, (5, 9), generator=torch.Generator().manual_seed(3))
+    H, L = 32, 9
+    with torch.no_grad():
+        seqs = model.embeddings.word(ids) * H**0.5 + model.embeddings.position.weight[:L]
+        causal = ~torch.ones(L, L, dtype=torch.bool).tril()
+        for layer in model.layers:
+            mha = torch.nn.MultiheadAttention(H, 2, batch_first=True)
+            mha.in_proj_weight.copy_(layer.attn.qkv.weight)
+            mha.in_proj_bias.copy_(layer.attn.qkv.bias)
+            mha.out_proj.weight.copy_(layer.attn.out.weight)
+            mha.out_proj.bias.copy_(layer.attn.out.bias)
+            q = layer.attn_norm(seqs)
+            seqs = q + mha(q, seqs, seqs, attn_mask=causal, need_weights=False)[0]
+            seqs = layer.ffn_norm(seqs)
+            seqs = seqs + layer.ffn.down(torch.relu(layer.ffn.up(seqs)))
+        reference = model.final_norm(seqs)
+        torch.testing.assert_close(model(ids), reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_last(ids), reference[:, -1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layout"):
+        BertConfig(vocab_size=99, hidden_size=32, num_heads=2, layout="sasrec", pre_ln=True)
+    with pytest.raises(ValueError, match="layout"):
+        BertConfig(vocab_size=99, hidden_size=32, num_heads=2, layout="gpt")
