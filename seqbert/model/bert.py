@@ -113,14 +113,20 @@ class Embeddings(nn.Module):
     ) -> torch.Tensor:
         B, L = input_ids.shape
         self.check_length(L, position_offset)
-        x = self.word(input_ids)  # (B, L, H)
-        if self.word_scale != 1.0:
-            x = x * self.word_scale  # (B, L, H)
-        x = x + self.position.weight[position_offset : position_offset + L]  # (B, L, H)
+        x = self.words(input_ids) + self.position.weight[position_offset : position_offset + L]  # (B, L, H)
         if self.segment is not None:
             # no token_type_ids means "all segment 0", as in Hugging Face BERT
             x = x + (self.segment.weight[0] if token_type_ids is None else self.segment(token_type_ids))
-        return self.dropout(x if self.norm is None else self.norm(x))  # (B, L, H)
+        return self.finish(x)  # (B, L, H)
+
+    def words(self, ids: torch.Tensor) -> torch.Tensor:
+        """The input-side token embeddings (..., H): the table's rows, x sqrt(H) in layout "sasrec"."""
+        x = self.word(ids)  # (..., H)
+        return x if self.word_scale == 1.0 else x * self.word_scale
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm (none in layout "sasrec") and dropout of summed embeddings (..., H)."""
+        return self.dropout(x if self.norm is None else self.norm(x))
 
     def check_length(self, L: int, position_offset: int = 0) -> None:
         if position_offset + L > self.max_len:
@@ -264,8 +270,8 @@ class SelfAttention(nn.Module):
             q, k, v = linear(x, self.qkv).view(B, L, 3, N, D).permute(2, 0, 3, 1, 4)
         else:
             w, b = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): rows q | k | v
-            q = F.linear(x, w[:H], b[:H]).view(B, L, N, D).transpose(1, 2)
-            k, v = F.linear(kv, w[H:], b[H:]).view(B, L, 2, N, D).permute(2, 0, 3, 1, 4)
+            q = F.linear(x, w[:H], b[:H]).view(B, L, N, D).transpose(1, 2)  # (B, N, L, D)
+            k, v = F.linear(kv, w[H:], b[H:]).view(B, L, 2, N, D).permute(2, 0, 3, 1, 4)  # (B, N, L, D) each
         # q, k, v: (B, N, L, D)
         dropout_p = self.attention_dropout if self.training else 0.0
         if not self.use_sdpa:

@@ -74,11 +74,11 @@ class CrossRecReranker(nn.Module):
         L = hist.shape[1]
         emb = self.bert.embeddings
         pos = emb.position.weight  # (max_len, H)
-        xh = emb.word(hist) + pos[self.max_len - 1 - L : self.max_len - 1]  # (B, L, H)
+        xh = emb.words(hist) + pos[self.max_len - 1 - L : self.max_len - 1]  # (B, L, H)
         safe = cands.clamp(min=0)  # (B, K)
-        mask_token = emb.word.weight[MASK_ID] + pos[self.max_len - 1]  # (H,)
-        xc = mask_token + self.gate * emb.word(safe)  # (B, K, H)
-        x = emb.dropout(emb.norm(torch.cat([xh, xc], dim=1)))  # (B, L + K, H)
+        mask_token = emb.words(torch.tensor(MASK_ID, device=hist.device)) + pos[self.max_len - 1]  # (H,)
+        xc = mask_token + self.gate * emb.words(safe)  # (B, K, H)
+        x = emb.finish(torch.cat([xh, xc], dim=1))  # (B, L + K, H)
         # keys: real history columns for everyone; a candidate column only for its own row
         allowed = torch.zeros(B, L + K, L + K, dtype=torch.bool, device=x.device)  # (B, T, T)
         allowed[:, :, :L] = hmask[:, None, :]

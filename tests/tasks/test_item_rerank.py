@@ -12,10 +12,10 @@ from seqbert.tasks.item_rerank import CrossRecReranker, cross_reranker, hard_neg
 V = FIRST_ITEM_ID + 29
 
 
-def recommender(max_len=10):
+def recommender(max_len=10, layout="bert"):
     torch.manual_seed(0)
     bert = BertConfig(vocab_size=V, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24,
-                      max_len=max_len, type_vocab_size=0)  # fmt: skip
+                      max_len=max_len, type_vocab_size=0, layout=layout)  # fmt: skip
     return SeqRecommender(bert, RecConfig(max_len=max_len)).eval()
 
 
@@ -101,8 +101,9 @@ def test_training_on_hard_negatives_reduces_the_loss():
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
-def test_a_fresh_reranker_scores_exactly_like_its_bert4rec():
-    teacher = recommender()
+@pytest.mark.parametrize("layout", ["bert", "sasrec"])
+def test_a_fresh_reranker_scores_exactly_like_its_bert4rec(layout):
+    teacher = recommender(layout=layout)
     model = CrossRecReranker.from_recommender(teacher).eval()
     hists = [np.array([3, 4, 5]), np.array([7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17])]
     cands = np.array([[9, 3, 20, -1], [2, 30, 6, 14]])
