@@ -40,7 +40,7 @@ from seqbert.data.vocab import FIRST_ITEM_ID, MASK_ID, NO_TARGET, PAD_ID
 from seqbert.evaluation.protocols import load_or_sample_negatives
 from seqbert.evaluation.ranking import evaluate_ranking, seen_protocol
 from seqbert.malloc import active_allocator
-from seqbert.model.bert import LAYOUTS, BertConfig
+from seqbert.model.bert import BertConfig, check_layout
 from seqbert.recommender import Recommender, format_item, save_recommender
 from seqbert.tasks.bert4rec import MostPop, RecConfig, SeqRecommender, make_collate, training_windows
 from seqbert.tasks.catalogue import count_items
@@ -123,10 +123,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.item_init not in ("random", "cooccurrence"):
             raise ValueError(f"model.item_init must be 'random' or 'cooccurrence', got {self.item_init!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"model.layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.layout == "sasrec" and self.pre_ln:
-            raise ValueError("model.pre_ln applies to layout 'bert'; layout 'sasrec' places its own norms")
+        check_layout(self.layout, self.pre_ln, "model")
 
 
 @dataclass(frozen=True)

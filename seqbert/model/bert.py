@@ -19,6 +19,18 @@ from seqbert.model.dropout import Dropout, keep_scale
 LAYOUTS = ("bert", "sasrec")
 
 
+def check_layout(layout: str, pre_ln: bool, owner: str) -> None:
+    """The rule for `layout` and `pre_ln` (BertConfig and the jobs' model sections): a ValueError naming
+    `owner`'s field and the allowed values."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{owner}.layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "sasrec" and pre_ln:
+        raise ValueError(
+            f"{owner}.pre_ln applies to layout 'bert' only (layout 'sasrec' places its own norms): "
+            "drop pre_ln or use layout 'bert'"
+        )
+
+
 @dataclass(frozen=True)
 class BertConfig:
     """Sizes and switches of a BERT encoder; validated on construction.
@@ -77,12 +89,7 @@ class BertConfig:
             raise ValueError(
                 f"BertConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}"
             )
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"BertConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.layout == "sasrec" and self.pre_ln:
-            raise ValueError(
-                "BertConfig.pre_ln applies to layout 'bert'; layout 'sasrec' places its own norms"
-            )
+        check_layout(self.layout, self.pre_ln, "BertConfig")
         if self.initializer_range <= 0:
             raise ValueError(f"BertConfig.initializer_range must be > 0, got {self.initializer_range!r}")
 
@@ -269,9 +276,7 @@ class SelfAttention(nn.Module):
         if kv is None:
             q, k, v = linear(x, self.qkv).view(B, L, 3, N, D).permute(2, 0, 3, 1, 4)
         else:
-            w, b = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): rows q | k | v
-            q = F.linear(x, w[:H], b[:H]).view(B, L, N, D).transpose(1, 2)  # (B, N, L, D)
-            k, v = F.linear(kv, w[H:], b[H:]).view(B, L, 2, N, D).permute(2, 0, 3, 1, 4)  # (B, N, L, D) each
+            q, k, v = self.split_projection(x, kv)
         # q, k, v: (B, N, L, D)
         dropout_p = self.attention_dropout if self.training else 0.0
         if not self.use_sdpa:
@@ -291,13 +296,21 @@ class SelfAttention(nn.Module):
         values come from every column, the query and the output projection from the last column only
         (`query` (B, 1, H) when it is not x's last column: `forward(query_states, allowed, kv=x)`)."""
         B, L, H = x.shape
-        N, D = self.num_heads, H // self.num_heads
-        w, b = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): rows q | k | v
-        last = x[:, -1:] if query is None else query  # (B, 1, H)
-        q = F.linear(last, w[:H], b[:H]).view(B, 1, N, D).transpose(1, 2)  # (B, N, 1, D)
-        k, v = F.linear(x, w[H:], b[H:]).view(B, L, 2, N, D).permute(2, 0, 3, 1, 4)  # (B, N, L, D) each
+        q, k, v = self.split_projection(x[:, -1:] if query is None else query, x)  # (B, N, 1 | L, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_allowed)  # (B, N, 1, D)
         return linear(y.transpose(1, 2).reshape(B, 1, H), self.out)  # (B, 1, H)
+
+    def split_projection(
+        self, queries: torch.Tensor, keys_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q from `queries` (B, Lq, H), k and v from `keys_values` (B, L, H), with the rows of the fused qkv
+        weight -> q (B, N, Lq, D), k and v (B, N, L, D)."""
+        B, Lq, H = queries.shape
+        L, N = keys_values.shape[1], self.num_heads
+        w, b = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): rows q | k | v
+        q = F.linear(queries, w[:H], b[:H]).view(B, Lq, N, H // N).transpose(1, 2)  # (B, N, Lq, D)
+        k, v = F.linear(keys_values, w[H:], b[H:]).view(B, L, 2, N, H // N).permute(2, 0, 3, 1, 4)
+        return q, k, v  # k, v: (B, N, L, D) each
 
 
 class FeedForward(nn.Module):
