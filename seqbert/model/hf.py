@@ -84,9 +84,12 @@ def config_from_hf(hf: dict) -> BertConfig:
 
 
 def config_to_hf(config: BertConfig) -> dict:
-    if config.pre_ln or config.layout != "bert" or config.causal:
+    unlike = [f for f, v in (("pre_ln", config.pre_ln), ("layout", config.layout != "bert"),
+                              ("causal", config.causal)) if v]  # fmt: skip
+    if unlike:
         raise ValueError(
-            "Hugging Face BERT is post-LN and bidirectional: pre_ln/sasrec-layout/causal models cannot be exported"
+            f"Hugging Face BERT is post-LN and bidirectional: a model with {unlike} set cannot be exported "
+            "(export needs layout 'bert', pre_ln false, causal false)"
         )
     return {
         "model_type": "bert",
