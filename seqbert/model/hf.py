@@ -84,12 +84,12 @@ def config_from_hf(hf: dict) -> BertConfig:
 
 
 def config_to_hf(config: BertConfig) -> dict:
-    unlike = [f for f, v in (("pre_ln", config.pre_ln), ("layout", config.layout != "bert"),
-                              ("causal", config.causal)) if v]  # fmt: skip
+    needed = {"layout": "bert", "pre_ln": False, "causal": False}  # what HF BERT is: post-LN, bidirectional
+    unlike = [f"{f}={getattr(config, f)!r}" for f, v in needed.items() if getattr(config, f) != v]
     if unlike:
         raise ValueError(
-            f"Hugging Face BERT is post-LN and bidirectional: a model with {unlike} set cannot be exported "
-            "(export needs layout 'bert', pre_ln false, causal false)"
+            f"cannot export a model with {', '.join(unlike)} to Hugging Face BERT: "
+            "it needs layout='bert', pre_ln=False, causal=False"
         )
     return {
         "model_type": "bert",

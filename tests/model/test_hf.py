@@ -1,8 +1,10 @@
 """Hugging Face interop: real MiniLM weights, random BertForPreTraining import, export round trip."""
 
+import dataclasses
 import importlib.resources
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -178,3 +180,17 @@ def test_unsupported_activation_is_rejected():
     cfg["hidden_act"] = "relu"
     with pytest.raises(ValueError, match="hidden_act"):
         config_from_hf(cfg)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"pre_ln": True}, "pre_ln=True"),
+        ({"layout": "sasrec"}, "layout='sasrec'"),
+        ({"causal": True}, "causal=True"),
+    ],
+)
+def test_export_refuses_what_hf_bert_cannot_hold(tmp_path, change, named):
+    config = dataclasses.replace(config_from_hf(small_hf_config().to_dict()), **change)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        save_hf_model(Bert(config), tmp_path)
