@@ -119,11 +119,23 @@ def _fingerprint(run: str) -> str:
     return json.loads(path.read_text())["fingerprint"]
 
 
+def _was_refit(run: str) -> bool:
+    """Whether a finished recommend run's model was refit on its validation items (`eval.refit`)."""
+    path = Path(run) / "metrics.json"
+    return path.is_file() and json.loads(path.read_text()).get("refit") is not None
+
+
 def run(cfg: LearnedRerankJob, out: Path, data_dir: str | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
     runs = (cfg.data.first_stage, *cfg.data.models)
+    refit = [r for r in runs if _was_refit(r)]
+    if refit:  # the second stage is fitted on the validation split: those models have trained on its targets
+        raise ValueError(
+            f"{', '.join(refit)}: refit on the validation items (eval.refit), which this job fits the second "
+            "stage on; use runs trained without eval.refit"
+        )
     ds = run_dataset(cfg.data.first_stage)
     if ds is None:
         raise FileNotFoundError(f"data.first_stage {cfg.data.first_stage}: no prepared data")

@@ -9,11 +9,13 @@ Data (`data:`) is one of a named dataset (`name: ml-1m`), a prepared directory (
 OUT/data.json records the data's fingerprint (the source files' sha256 and the settings), and a later call
 on the same OUT with other data is an error naming both.
 
-Training early-stops on validation NDCG@10 (full ranking, the second-last item of each user). Then the last
-item is ranked under three protocols (full ranking under the `eval.exclude_seen` protocol; pop100 and
-uni100 negatives drawn once with a fixed seed and saved) next to MostPop, and the job writes
-OUT/metrics.json, OUT/curve.jsonl + OUT/curve.png (test NDCG@10 over training seconds, for the
-quality-over-time curve; never used for model selection) and the servable model in OUT/model/
+Training early-stops on validation NDCG@10 (full ranking, the second-last item of each user). With
+`eval.refit`, a fresh model is then trained on the train part + the validation items for the selected
+checkpoint's budget (`refit_config`); the selected model's own test figures are kept in metrics.json's
+`refit` block. Then the last item is ranked under three protocols (full ranking under the
+`eval.exclude_seen` protocol; pop100 and uni100 negatives drawn once with a fixed seed and saved) next to
+MostPop, and the job writes OUT/metrics.json, OUT/curve.jsonl + OUT/curve.png (test NDCG@10 over training
+seconds, for the quality-over-time curve; never used for model selection) and the servable model in OUT/model/
 (`seqbert.recommender` owns that format). `seqbert recommend OUT ...` serves it.
 """
 
@@ -24,7 +26,8 @@ import json
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,7 @@ from seqbert.tasks.catalogue import count_items
 from seqbert.tasks.warmstart import warm_start_items
 from seqbert.training.checkpoint import atomic_file, list_checkpoints
 from seqbert.training.data import TensorBatchSource
-from seqbert.training.loop import TrainConfig, train
+from seqbert.training.loop import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,10 @@ class EvalConfig:
     # seen items at ranking time (seqbert.evaluation.ranking): "strict" removes them all, a seen target
     # counts as a miss; "none" keeps them (repeat consumption); "target_exempt" is the leaky P1 variant
     exclude_seen: str = "strict"
+    # after selection, train a fresh model on the train part + the validation items (all but the test item)
+    # for the selected checkpoint's budget (`refit_config`), and test that one: the validation items are
+    # the most recent training data a user has (BERT4Rec on Beauty: RESULTS.md). Twice the training time.
+    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.valid_users < 0 or self.batch_size < 1:
@@ -340,10 +347,72 @@ def build_model(cfg: RecommendJob, vocab_size: int) -> SeqRecommender:
     return SeqRecommender(bert_config, cfg.task)
 
 
+def fit(
+    cfg: RecommendJob,
+    sequences: list[np.ndarray],
+    vocab_size: int,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    evaluate: Callable[[SeqRecommender], dict[str, float]] | None,
+) -> tuple[SeqRecommender, TrainResult, int]:
+    """A fresh model trained on `sequences` into `run_dir` (resumed from its checkpoints when present):
+    (model, the loop's result, the number of training windows). The init is seeded by `train_cfg.seed`."""
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(cfg, vocab_size)
+    if cfg.model.item_init == "cooccurrence" and not list_checkpoints(run_dir):  # resumed: loaded
+        t0 = time.time()
+        std = model.config.initializer_range  # own seeded RNG: torch's stream is untouched
+        warm_start_items(model.bert.embeddings.word, sequences, seed=train_cfg.seed, std=std)
+        print(f"item embeddings warm-started from co-occurrence in {time.time() - t0:.1f} s")
+    windows = training_windows(sequences, cfg.task)  # (N, W)
+    batch_size = cfg.batch_size
+    if len(windows) < batch_size:  # a small log still trains: one batch of every window
+        log.warning("only %d training windows: batch_size %d -> %d", len(windows), batch_size, len(windows))
+        batch_size = len(windows)
+    source = TensorBatchSource(
+        {"items": windows},
+        batch_size,
+        seed=train_cfg.seed,
+        collate=make_collate(cfg.task, vocab_size, item_counts=count_items(sequences, vocab_size)),
+        lengths=(windows != PAD_ID).sum(1),
+        bucket_batches=cfg.bucket_batches,
+    )
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {len(windows)} training windows"
+    )
+    result = train(model, source, train_cfg, run_dir, evaluate=evaluate)
+    return model, result, len(windows)
+
+
+def refit_config(train_cfg: TrainConfig, selection: TrainResult, metrics_path: Path) -> TrainConfig:
+    """The refit's TrainConfig: the selection run's budget up to its selected (best) checkpoint, under the same
+    clock and schedule shape, with no selection of its own.
+
+    Time clock: `max_seconds` = the training seconds at the selected checkpoint (read from the selection
+    run's metrics.jsonl); step clock: `max_steps` = the selected step. Without a selected checkpoint (no
+    early-stopping metric) the budget is the selection run's as configured.
+    """
+    budget: dict = {}
+    if selection.best_step is not None:
+        if train_cfg.schedule_clock == "time":
+            seconds = [
+                r["train_seconds"]
+                for r in map(json.loads, metrics_path.read_text().splitlines())
+                if r.get("step") == selection.best_step and "eval" in r
+            ]
+            if not seconds:
+                raise ValueError(
+                    f"{metrics_path}: no evaluation record at the selected step {selection.best_step}"
+                )
+            budget = {"max_seconds": seconds[-1]}
+        else:
+            budget = {"max_steps": selection.best_step}
+    return replace(train_cfg, **budget, early_stopping_metric=None, patience=0, restore_best=False)
+
+
 def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    torch.manual_seed(cfg.train.seed)
     ds = load_dataset(cfg.data, data_dir, out)
     names = load_item_names(cfg.data, data_dir)
     V = ds.vocab.size
@@ -357,29 +426,6 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
             100 * repeats,
         )
 
-    model = build_model(cfg, V)
-    if cfg.model.item_init == "cooccurrence" and not list_checkpoints(out / "train"):  # resumed: loaded
-        t0 = time.time()
-        std = model.config.initializer_range  # own seeded RNG: torch's stream is untouched
-        warm_start_items(model.bert.embeddings.word, ds.train_sequences, seed=cfg.train.seed, std=std)
-        print(f"item embeddings warm-started from co-occurrence in {time.time() - t0:.1f} s")
-    windows = training_windows(ds.train_sequences, cfg.task)  # (N, W)
-    batch_size = cfg.batch_size
-    if len(windows) < batch_size:  # a small log still trains: one batch of every window
-        log.warning("only %d training windows: batch_size %d -> %d", len(windows), batch_size, len(windows))
-        batch_size = len(windows)
-    source = TensorBatchSource(
-        {"items": windows},
-        batch_size,
-        seed=cfg.train.seed,
-        collate=make_collate(cfg.task, V, item_counts=count_items(ds.train_sequences, V)),
-        lengths=(windows != PAD_ID).sum(1),
-        bucket_batches=cfg.bucket_batches,
-    )
-    print(
-        f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {len(windows)} training windows"
-    )
-
     # validation: the second-last item from the train part, on a fixed subset of users
     has_valid = np.flatnonzero(ds.valid_targets != NO_TARGET)
     rng = np.random.default_rng(0)
@@ -387,23 +433,51 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
         has_valid = np.sort(rng.choice(has_valid, cfg.eval.valid_users, replace=False))
     valid_hist = [ds.train_sequences[u] for u in has_valid]
     valid_targets = ds.valid_targets[has_valid]
-    recommender = Recommender.from_parts(model, ds.vocab, names)
-    score_fn = recommender.score_histories
     common = dict(
         num_items=V, batch_size=cfg.eval.batch_size, exclude_ids=(PAD_ID, MASK_ID), sort_by_length=True,
         workers=torch.get_num_threads(),  # one single-threaded worker per torch thread (ranking._map_batches)
     )  # fmt: skip
 
-    def evaluate(_model) -> dict[str, float]:
-        res = evaluate_ranking(score_fn, valid_hist, valid_targets, ks=(10,), **common).metrics
-        metrics = {"valid_ndcg@10": res["ndcg@10"], "valid_hr@10": res["hr@10"]}
-        if cfg.eval.curve:
-            t = evaluate_ranking(score_fn, test["histories"], test["targets"], ks=(10,), **common).metrics
-            metrics.update({"test_ndcg@10": t["ndcg@10"], "test_hr@10": t["hr@10"]})
-        return metrics
+    def test_curve(model: SeqRecommender) -> dict[str, float]:
+        if not cfg.eval.curve:
+            return {}
+        score = Recommender.from_parts(model, ds.vocab).score_histories
+        t = evaluate_ranking(score, test["histories"], test["targets"], ks=(10,), **common).metrics
+        return {"test_ndcg@10": t["ndcg@10"], "test_hr@10": t["hr@10"]}
 
-    result = train(model, source, cfg.train, out / "train", evaluate=evaluate)
+    def evaluate(model: SeqRecommender) -> dict[str, float]:
+        score = Recommender.from_parts(model, ds.vocab).score_histories
+        res = evaluate_ranking(score, valid_hist, valid_targets, ks=(10,), **common).metrics
+        return {"valid_ndcg@10": res["ndcg@10"], "valid_hr@10": res["hr@10"], **test_curve(model)}
+
+    model, result, n_windows = fit(cfg, ds.train_sequences, V, cfg.train, out / "train", evaluate)
     print(f"training stopped ({result.stop_reason}) at step {result.step} after {result.seconds:.0f} s")
+    train_sequences, refit = ds.train_sequences, None
+    if cfg.eval.refit:
+        model.eval()
+        with torch.no_grad():
+            selected = run_protocols(
+                Recommender.from_parts(model, ds.vocab).score_histories, test, V, cfg.eval.batch_size,
+                cfg.eval.exclude_seen,
+            )  # fmt: skip
+        refit_cfg = refit_config(cfg.train, result, out / "train" / "metrics.jsonl")
+        print(
+            f"refit on train + validation items: {refit_cfg.max_steps} steps"
+            + (f", {refit_cfg.max_seconds:.0f} training seconds" if refit_cfg.max_seconds else "")
+        )
+        train_sequences = ds.test_inputs()  # train part + the validation item: all but the test item
+        model, refit_result, n_windows = fit(
+            cfg, train_sequences, V, refit_cfg, out / "refit", test_curve if cfg.eval.curve else None
+        )
+        refit = {
+            "selected_model": selected,  # the selection run's model, tested before the refit replaces it
+            "train_seconds": refit_result.seconds,
+            "train_seconds_without_eval": refit_result.train_seconds,
+            "train_steps": refit_result.step,
+            "budget": {"max_steps": refit_cfg.max_steps, "max_seconds": refit_cfg.max_seconds},
+        }
+    recommender = Recommender.from_parts(model, ds.vocab, names)
+    score_fn = recommender.score_histories
 
     model.eval()
     t0 = time.time()
@@ -414,10 +488,10 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
     with torch.no_grad():
         evaluate_ranking(score_fn, test["histories"], test["targets"], **common)
     eval_seconds_full = time.time() - t0
-    pop = MostPop(ds.train_sequences, V)
+    pop = MostPop(train_sequences, V)  # counts what the model trained on
     baseline = run_protocols(pop.score_histories, test, V, cfg.eval.batch_size, cfg.eval.exclude_seen)
 
-    curve = read_curve(out / "train" / "metrics.jsonl")
+    curve = read_curve(out / ("refit" if refit else "train") / "metrics.jsonl")
     with atomic_file(out / "curve.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(p) + "\n" for p in curve))
     if curve:
@@ -443,8 +517,10 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
             "sampled": "100 negatives drawn once, seen items excluded",
         },
         "repeat_rate": repeats,
-        "train_seconds": result.seconds,  # wall clock over all calls, evaluations included
-        "train_seconds_without_eval": result.train_seconds,
+        # wall clock over all calls, evaluations included; with eval.refit, both trainings
+        "train_seconds": result.seconds + (refit["train_seconds"] if refit else 0.0),
+        "train_seconds_without_eval": result.train_seconds
+        + (refit["train_seconds_without_eval"] if refit else 0.0),
         "wall_seconds": time.time() - t_start,
         "train_steps": result.step,
         "stop_reason": result.stop_reason,
@@ -452,7 +528,8 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
         "eval_seconds_full": eval_seconds_full,
         "eval_seconds_all_protocols": eval_seconds,
         "test_users": len(test["targets"]),
-        "train_windows": len(windows),
+        "train_windows": n_windows,
+        "refit": refit,  # None unless eval.refit: then the figures above are the refit model's
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "allocator": active_allocator(),  # seqbert.malloc: the seqbert command runs under mimalloc
         "config": config_to_dict(cfg),

@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 
 from seqbert.config import ConfigError, load_config
+from seqbert.data.interactions import load_prepared
 from seqbert.jobs import load_job_config, run_job
-from seqbert.jobs.recommend import DataConfig, RecommendJob, read_curve
+from seqbert.jobs.recommend import DataConfig, RecommendJob, read_curve, refit_config
+from seqbert.tasks.bert4rec import training_windows
+from seqbert.training.loop import TrainConfig, TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC = ROOT / "recipes" / "bert4rec_synthetic.yaml"
@@ -106,3 +109,49 @@ def test_model_layout_reaches_the_model():
 def test_config_builds_from_yaml_with_overrides():
     cfg = load_config(RecommendJob, SYNTHETIC, ["task.objective=next_item"], ignore=("job",))
     assert cfg.task.objective == "next_item" and cfg.data.name == "synthetic"
+
+
+def test_refit_trains_all_but_the_test_item_for_the_selected_budget(tmp_path):
+    sets = ["eval.refit=true", "train.max_steps=120", "train.eval_every=40", "eval.curve=true"]
+    summary = run_job(SYNTHETIC, tmp_path, sets)
+    refit, best = summary["refit"], summary["best_valid"]["step"]
+    assert refit["budget"]["max_steps"] == best and refit["train_steps"] == best
+    # the refit trains on the train part + validation items: exactly the test histories, never the targets
+    ds = load_prepared(tmp_path / "data")
+    _, cfg = load_job_config(SYNTHETIC, sets)
+    assert summary["train_windows"] == len(training_windows(ds.test_inputs(), cfg.task))
+    assert summary["train_windows"] > len(training_windows(ds.train_sequences, cfg.task))
+    assert summary["full"]["hr@10"] > 5 * summary["mostpop"]["full"]["hr@10"]
+    assert refit["selected_model"]["full"]["hr@10"] > 5 * summary["mostpop"]["full"]["hr@10"]
+    # the curve is the refit's (test only: its validation items are training data)
+    refit_evals = [json.loads(x) for x in (tmp_path / "refit" / "metrics.jsonl").read_text().splitlines()]
+    assert all("valid_ndcg@10" not in r.get("eval", {}) for r in refit_evals)
+    assert summary["curve"] == read_curve(tmp_path / "refit" / "metrics.jsonl") and summary["curve"]
+    # a second call resumes both finished trainings: the same model, the same figures
+    again = run_job(SYNTHETIC, tmp_path, sets)
+    assert again["full"] == summary["full"] and again["refit"]["train_steps"] == best
+
+
+def _selection(best_step: int | None) -> TrainResult:
+    return TrainResult(best_step or 90, "max_steps", 0.5, best_step, {}, 10.0, 9.0, None)
+
+
+def test_refit_budget_is_the_selected_checkpoints_under_either_clock(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    records = [
+        {"step": 30, "train_seconds": 2.5, "eval": {"valid_ndcg@10": 0.1}},
+        {"step": 60, "train_seconds": 5.25},  # a plain log line, no evaluation
+        {"step": 60, "train_seconds": 5.5, "eval": {"valid_ndcg@10": 0.3}},
+        {"step": 90, "train_seconds": 8.0, "eval": {"valid_ndcg@10": 0.2}},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    timed = TrainConfig(max_steps=10_000, schedule_clock="time", max_seconds=9.0, restore_best=True,
+                        early_stopping_metric="valid_ndcg@10", patience=3, eval_every=30)  # fmt: skip
+    got = refit_config(timed, _selection(60), log)
+    assert (got.max_seconds, got.max_steps) == (5.5, 10_000)
+    assert (got.early_stopping_metric, got.restore_best, got.patience) == (None, False, 0)
+    stepped = TrainConfig(max_steps=90, early_stopping_metric="valid_ndcg@10", eval_every=30)
+    assert refit_config(stepped, _selection(60), log).max_steps == 60
+    assert refit_config(stepped, _selection(None), log).max_steps == 90  # nothing selected: as configured
+    with pytest.raises(ValueError, match="no evaluation record at the selected step 45"):
+        refit_config(timed, _selection(45), log)

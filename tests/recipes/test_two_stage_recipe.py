@@ -210,3 +210,17 @@ def test_learned_rerank_refuses_runs_on_other_data(run_dir, tmp_path):
         learned_rerank.run(cfg, tmp_path / "out")
     with pytest.raises(ValueError, match="variants"):
         learned_rerank.LearnedRerankJob(data=cfg.data, variants=("magic",))
+
+
+def test_learned_rerank_refuses_a_model_refit_on_the_validation_items(run_dir, tmp_path):
+    refit = tmp_path / "refit"
+    shutil.copytree(run_dir, refit)
+    metrics = json.loads((refit / "metrics.json").read_text())
+    (refit / "metrics.json").write_text(json.dumps(dict(metrics, refit={"train_steps": 20})))
+    for first, models in ((refit, ()), (run_dir, (refit,))):
+        cfg = recipe(
+            "learned_rerank_ml1m.yaml",
+            [f"data.first_stage={first}", f"data.models=[{','.join(map(str, models))}]"],
+        )
+        with pytest.raises(ValueError, match=f"{refit}: refit on the validation items"):
+            learned_rerank.run(cfg, tmp_path / "out")
