@@ -10,8 +10,8 @@ OUT/data.json records the data's fingerprint (the source files' sha256 and the s
 on the same OUT with other data is an error naming both.
 
 Training early-stops on validation NDCG@10 (full ranking, the second-last item of each user). With
-`eval.refit`, a fresh model is then trained on the train part + the validation items for the selected
-checkpoint's budget (`refit_config`); the selected model's own test figures are kept in metrics.json's
+`eval.refit`, a fresh model is then trained on the train part + the validation items for as many steps as
+the selected checkpoint (`refit_config`); the selected model's own test figures are kept in metrics.json's
 `refit` block. Then the last item is ranked under three protocols (full ranking under the
 `eval.exclude_seen` protocol; pop100 and uni100 negatives drawn once with a fixed seed and saved) next to
 MostPop, and the job writes OUT/metrics.json, OUT/curve.jsonl + OUT/curve.png (test NDCG@10 over training
@@ -139,8 +139,8 @@ class EvalConfig:
     # counts as a miss; "none" keeps them (repeat consumption); "target_exempt" is the leaky P1 variant
     exclude_seen: str = "strict"
     # after selection, train a fresh model on the train part + the validation items (all but the test item)
-    # for the selected checkpoint's budget (`refit_config`), and test that one: the validation items are
-    # the most recent training data a user has (BERT4Rec on Beauty: RESULTS.md). Twice the training time.
+    # for the selected checkpoint's number of steps (`refit_config`), and test that one: the validation
+    # items are each user's latest training data (BERT4Rec on Beauty: RESULTS.md). About twice the training.
     refit: bool = False
 
     def __post_init__(self) -> None:
@@ -384,29 +384,21 @@ def fit(
     return model, result, len(windows)
 
 
-def refit_config(train_cfg: TrainConfig, selection: TrainResult, metrics_path: Path) -> TrainConfig:
-    """The refit's TrainConfig: the selection run's budget up to its selected (best) checkpoint, under the same
-    clock and schedule shape, with no selection of its own.
+def refit_config(train_cfg: TrainConfig, selection: TrainResult) -> TrainConfig:
+    """The refit's TrainConfig: as many steps as the selected (best) checkpoint took, the same schedule shape
+    counted in steps, and no selection of its own.
 
-    Time clock: `max_seconds` = the training seconds at the selected checkpoint (read from the selection
-    run's metrics.jsonl); step clock: `max_steps` = the selected step. Without a selected checkpoint (no
+    Step clock: `max_steps` = the selected step. Time clock: the same on the step clock, with the warm-up
+    as the same fraction of those steps and no time budget, so that a machine slower during the refit (or
+    the longer refit sequences) cannot cut its updates short. Without a selected checkpoint (no
     early-stopping metric) the budget is the selection run's as configured.
     """
     budget: dict = {}
     if selection.best_step is not None:
+        budget = {"max_steps": selection.best_step}
         if train_cfg.schedule_clock == "time":
-            seconds = [
-                r["train_seconds"]
-                for r in map(json.loads, metrics_path.read_text().splitlines())
-                if r.get("step") == selection.best_step and "eval" in r
-            ]
-            if not seconds:
-                raise ValueError(
-                    f"{metrics_path}: no evaluation record at the selected step {selection.best_step}"
-                )
-            budget = {"max_seconds": seconds[-1]}
-        else:
-            budget = {"max_steps": selection.best_step}
+            warmup = round(train_cfg.warmup_fraction * selection.best_step)
+            budget |= dict(schedule_clock="steps", warmup_steps=warmup, warmup_fraction=0.0, max_seconds=None)
     return replace(train_cfg, **budget, early_stopping_metric=None, patience=0, restore_best=False)
 
 
@@ -460,7 +452,7 @@ def run(cfg: RecommendJob, out: Path, data_dir: str | None = None) -> dict:
                 Recommender.from_parts(model, ds.vocab).score_histories, test, V, cfg.eval.batch_size,
                 cfg.eval.exclude_seen,
             )  # fmt: skip
-        refit_cfg = refit_config(cfg.train, result, out / "train" / "metrics.jsonl")
+        refit_cfg = refit_config(cfg.train, result)
         print(
             f"refit on train + validation items: {refit_cfg.max_steps} steps"
             + (f", {refit_cfg.max_seconds:.0f} training seconds" if refit_cfg.max_seconds else "")

@@ -136,22 +136,15 @@ def _selection(best_step: int | None) -> TrainResult:
     return TrainResult(best_step or 90, "max_steps", 0.5, best_step, {}, 10.0, 9.0, None)
 
 
-def test_refit_budget_is_the_selected_checkpoints_under_either_clock(tmp_path):
-    log = tmp_path / "metrics.jsonl"
-    records = [
-        {"step": 30, "train_seconds": 2.5, "eval": {"valid_ndcg@10": 0.1}},
-        {"step": 60, "train_seconds": 5.25},  # a plain log line, no evaluation
-        {"step": 60, "train_seconds": 5.5, "eval": {"valid_ndcg@10": 0.3}},
-        {"step": 90, "train_seconds": 8.0, "eval": {"valid_ndcg@10": 0.2}},
-    ]
-    log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    timed = TrainConfig(max_steps=10_000, schedule_clock="time", max_seconds=9.0, restore_best=True,
-                        early_stopping_metric="valid_ndcg@10", patience=3, eval_every=30)  # fmt: skip
-    got = refit_config(timed, _selection(60), log)
-    assert (got.max_seconds, got.max_steps) == (5.5, 10_000)
+def test_refit_takes_the_selected_checkpoints_steps_under_either_clock():
+    timed = TrainConfig(max_steps=10_000, schedule_clock="time", max_seconds=9.0, warmup_fraction=0.05,
+                        restore_best=True, early_stopping_metric="valid_ndcg@10", patience=3, eval_every=30)  # fmt: skip
+    got = refit_config(timed, _selection(60))
+    assert (got.schedule_clock, got.max_steps, got.max_seconds) == ("steps", 60, None)
+    assert (got.warmup_steps, got.warmup_fraction) == (3, 0.0)  # 5 % of the 60 steps
     assert (got.early_stopping_metric, got.restore_best, got.patience) == (None, False, 0)
-    stepped = TrainConfig(max_steps=90, early_stopping_metric="valid_ndcg@10", eval_every=30)
-    assert refit_config(stepped, _selection(60), log).max_steps == 60
-    assert refit_config(stepped, _selection(None), log).max_steps == 90  # nothing selected: as configured
-    with pytest.raises(ValueError, match="no evaluation record at the selected step 45"):
-        refit_config(timed, _selection(45), log)
+    assert (got.lr, got.schedule, got.min_lr_ratio) == (timed.lr, timed.schedule, timed.min_lr_ratio)
+    stepped = TrainConfig(max_steps=90, warmup_steps=5, early_stopping_metric="valid_ndcg@10", eval_every=30)
+    got = refit_config(stepped, _selection(60))
+    assert (got.max_steps, got.warmup_steps, got.schedule_clock) == (60, 5, "steps")
+    assert refit_config(stepped, _selection(None)).max_steps == 90  # nothing selected: as configured
